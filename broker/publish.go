@@ -1,0 +1,203 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tmc-runner/tmc-runner/messages"
+)
+
+// Header names tmc-runner sets on messages it writes itself.
+const (
+	// HeaderRequestID pins the requestId of a request that tmc-runner
+	// re-publishes (a due timer, a redrive), whatever its fallback would be.
+	HeaderRequestID = "Tmc-Request-Id"
+	// HeaderRoute carries the route of a parked request.
+	HeaderRoute = "Tmc-Route"
+	// HeaderTimerFired marks a request that came back from a timer.
+	HeaderTimerFired = "Tmc-Timer-Fired"
+	// HeaderDeadReason says why a request was dead-lettered (no values).
+	HeaderDeadReason = "Tmc-Dead-Reason"
+	// HeaderOriginalSubject is the subject a dead letter was consumed from.
+	HeaderOriginalSubject = "Tmc-Original-Subject"
+)
+
+// HeaderInjector adds the trace context of ctx to outgoing headers.
+type HeaderInjector func(ctx context.Context, h nats.Header)
+
+// Publisher writes events, dead letters and timers. Every write that an
+// acknowledgement depends on is confirmed stored before it returns nil.
+type Publisher struct {
+	js     jetstream.JetStream
+	topo   Topology
+	source string
+	inject HeaderInjector
+}
+
+// NewPublisher returns a publisher; source is the CloudEvents ce-source and
+// inject may be nil.
+func NewPublisher(js jetstream.JetStream, topo Topology, source string, inject HeaderInjector) *Publisher {
+	if inject == nil {
+		inject = func(context.Context, nats.Header) {}
+	}
+	return &Publisher{js: js, topo: topo, source: source, inject: inject}
+}
+
+// Event publishes ev. Every type but `status` is written with the
+// expected-last-subject-sequence 0 condition, so the stream refuses a second
+// event of that type for that request; a refusal is confirmed by reading the
+// subject back, never taken on trust.
+func (p *Publisher) Event(ctx context.Context, ev *messages.Event) error {
+	body, err := ev.Marshal()
+	if err != nil {
+		return fmt.Errorf("encode %s event: %w", ev.Type, err)
+	}
+	msg := &nats.Msg{Subject: ev.Subject(p.topo.EventsPrefix()), Header: ev.Header(p.source), Data: body}
+	p.inject(ctx, msg.Header)
+	if ev.Type == messages.Status {
+		if _, err := p.js.PublishMsg(ctx, msg); err != nil {
+			return fmt.Errorf("publish %s event: %w", ev.Type, err)
+		}
+		return nil
+	}
+	return p.publishOnce(ctx, p.topo.EventsStream, msg)
+}
+
+// publishOnce writes msg as the only message of its subject. Success means
+// it is stored: written now, or found already there.
+func (p *Publisher) publishOnce(ctx context.Context, stream string, msg *nats.Msg) error {
+	_, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(0))
+	if err == nil {
+		return nil
+	}
+	if !isWrongLastSequence(err) {
+		return fmt.Errorf("publish %s: %w", msg.Subject, err)
+	}
+	// Something is already on the subject — or, in a cluster, a write to it
+	// is still in flight. Confirm by reading it, a few times if needed.
+	s, serr := p.js.Stream(ctx, stream)
+	if serr != nil {
+		return fmt.Errorf("confirm %s: %w", msg.Subject, serr)
+	}
+	for attempt := 0; ; attempt++ {
+		_, gerr := s.GetLastMsgForSubject(ctx, msg.Subject)
+		if gerr == nil {
+			return nil
+		}
+		if !errors.Is(gerr, jetstream.ErrMsgNotFound) || attempt == 4 {
+			return fmt.Errorf("confirm %s after refusal: %w", msg.Subject, gerr)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("confirm %s: %w", msg.Subject, ctx.Err())
+		case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
+		}
+	}
+}
+
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// FindEvent returns the stored event of type t for one request, or nil.
+func (p *Publisher) FindEvent(ctx context.Context, route, requestID string, t messages.EventType) (*messages.Event, error) {
+	s, err := p.js.Stream(ctx, p.topo.EventsStream)
+	if err != nil {
+		return nil, fmt.Errorf("events stream: %w", err)
+	}
+	subject := p.topo.EventsPrefix() + "." + route + "." + requestID + "." + string(t)
+	raw, err := s.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", subject, err)
+	}
+	ev, err := messages.DecodeEvent(raw.Data)
+	if err != nil {
+		return nil, fmt.Errorf("decode %s: %w", subject, err)
+	}
+	return ev, nil
+}
+
+// Original is a consumed message as dead letters and timers keep it.
+type Original struct {
+	Subject string
+	Header  nats.Header
+	Data    []byte
+}
+
+// DeadLetter keeps the original message of a request that ended `failed`,
+// under tmc.runs.dead.<route>.<requestId>, with the reason as a header. It
+// is written at most once per request and confirmed stored.
+func (p *Publisher) DeadLetter(ctx context.Context, orig Original, route, requestID, reason string) error {
+	h := cloneHeader(orig.Header)
+	h.Set(HeaderDeadReason, reason)
+	h.Set(HeaderOriginalSubject, orig.Subject)
+	h.Set(HeaderRequestID, requestID)
+	h.Set(nats.MsgIdHdr, requestID+".dead")
+	msg := &nats.Msg{Subject: p.topo.DeadSubject(route, requestID), Header: h, Data: orig.Data}
+	if err := p.publishOnce(ctx, p.topo.DeadStream, msg); err != nil {
+		return fmt.Errorf("dead letter %s: %w", requestID, err)
+	}
+	return nil
+}
+
+// ParkTimer stores a request whose notBefore is in the future as a JetStream
+// message schedule: it waits in TMC_TIMERS, in no consumer's ack-pending
+// set, and is delivered to tmc.runs.timer.due.<requestId> at `at`.
+func (p *Publisher) ParkTimer(ctx context.Context, orig Original, route, requestID string, at time.Time) error {
+	h := cloneHeader(orig.Header)
+	h.Del(nats.MsgIdHdr)
+	h.Set(HeaderRequestID, requestID)
+	h.Set(HeaderRoute, route)
+	msg := &nats.Msg{Subject: p.topo.TimerSubject(requestID), Header: h, Data: orig.Data}
+	_, err := p.js.PublishMsg(ctx, msg,
+		jetstream.WithScheduleAt(at),
+		jetstream.WithScheduleTarget(p.topo.TimerDueSubject(requestID)),
+	)
+	if err != nil {
+		return fmt.Errorf("park %s until %s: %w", requestID, at.Format(time.RFC3339), err)
+	}
+	return nil
+}
+
+// Resubmit moves a due timer back into the request stream, where it takes
+// the normal path. The de-duplication id makes a repeated move (a crash
+// between this write and the timer's ack) harmless.
+func (p *Publisher) Resubmit(ctx context.Context, due Original) error {
+	requestID := due.Header.Get(HeaderRequestID)
+	route := due.Header.Get(HeaderRoute)
+	if requestID == "" || route == "" {
+		return fmt.Errorf("due timer on %s lacks %s or %s", due.Subject, HeaderRequestID, HeaderRoute)
+	}
+	h := cloneHeader(due.Header)
+	for _, k := range []string{"Nats-Schedule-Next", "Nats-Scheduler", HeaderRoute} {
+		h.Del(k)
+	}
+	h.Set(HeaderTimerFired, "1")
+	h.Set(nats.MsgIdHdr, requestID+".due")
+	msg := &nats.Msg{Subject: p.topo.RequestSubject(route), Header: h, Data: due.Data}
+	if _, err := p.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("resubmit due request %s: %w", requestID, err)
+	}
+	return nil
+}
+
+func cloneHeader(h nats.Header) nats.Header {
+	c := make(nats.Header, len(h)+4)
+	for k, v := range h {
+		c[k] = append([]string(nil), v...)
+	}
+	return c
+}

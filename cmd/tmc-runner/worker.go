@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tmc-runner/tmc-runner/config"
+	"github.com/tmc-runner/tmc-runner/runner"
+	"github.com/tmc-runner/tmc-runner/telemetry"
+)
+
+func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: 2}
+	}
+	cfg, err := config.Load(nil)
+	if err != nil {
+		return err
+	}
+	if err := cfg.RequireProduction(); err != nil {
+		return err
+	}
+	log, err := telemetry.NewLogger(stderr, cfg.Worker.LogLevel, cfg.Worker.LogFormat)
+	if err != nil {
+		return err
+	}
+	nc, err := connect(cfg.NATS, "tmc-runner worker")
+	if err != nil {
+		return err
+	}
+	defer drain(nc)
+	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log})
+	if err != nil {
+		return err
+	}
+	return r.Run(ctx)
+}
+
+// connect dials NATS with the configured options.
+func connect(n config.NATS, name string) (*nats.Conn, error) {
+	opts, err := n.Options(name)
+	if err != nil {
+		return nil, err
+	}
+	url := n.URL
+	if url == "" {
+		url = nats.DefaultURL
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// drain flushes what the connection still has to send, then closes it.
+func drain(nc *nats.Conn) {
+	done := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(done) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		nc.Close()
+	}
+}

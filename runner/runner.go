@@ -1,0 +1,238 @@
+// Package runner assembles a tmc-runner worker process from its parts —
+// JetStream topology, Talend client with token cache and breaker, event
+// publisher, worker, admin endpoints — exactly once, for `tmc-runner
+// worker`, `tmc-runner dev` and the end-to-end tests alike.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/config"
+	"github.com/tmc-runner/tmc-runner/messages"
+	"github.com/tmc-runner/tmc-runner/talend"
+	"github.com/tmc-runner/tmc-runner/worker"
+)
+
+// Options wire a Runner.
+type Options struct {
+	Config         config.Config
+	Conn           *nats.Conn // connected; the caller drains it after Run
+	Logger         *slog.Logger
+	TracerProvider trace.TracerProvider // nil: no tracing
+	// AdminListener, when set, serves /healthz and /readyz instead of
+	// listening on Config.Worker.AdminAddr (tests pass one on port 0).
+	AdminListener net.Listener
+	// Tune adjusts the worker configuration (tests shorten delays).
+	Tune func(*worker.Config)
+}
+
+// Runner is one assembled worker process.
+type Runner struct {
+	opts    Options
+	log     *slog.Logger
+	client  *talend.Client
+	breaker *talend.Breaker
+	worker  *worker.Worker
+	admin   *http.Server
+	adminLn net.Listener
+}
+
+// New provisions (unless disabled) and wires everything; Run starts it.
+func New(ctx context.Context, opts Options) (*Runner, error) {
+	cfg := opts.Config
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tp := opts.TracerProvider
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	topo := cfg.Worker.Topology()
+	js, err := jetstream.New(opts.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if cfg.Worker.Provision {
+		if err := broker.Provision(ctx, js, topo); err != nil {
+			return nil, fmt.Errorf("provision: %w", err)
+		}
+	}
+	runs, err := js.Stream(ctx, topo.RunsStream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", topo.RunsStream, err)
+	}
+	requests, err := js.Consumer(ctx, topo.RunsStream, topo.Consumer)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w", topo.Consumer, err)
+	}
+	timers, err := js.Consumer(ctx, topo.TimersStream, topo.TimersConsumer)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w", topo.TimersConsumer, err)
+	}
+	kv, err := js.KeyValue(ctx, topo.ClaimsBucket)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", topo.ClaimsBucket, err)
+	}
+
+	r := &Runner{opts: opts, log: log}
+	transport, err := talend.NewTransport(talend.TransportOptions{CAFile: cfg.Talend.CAFile, MaxConnsPerHost: cfg.Worker.Concurrency})
+	if err != nil {
+		return nil, err
+	}
+	r.breaker = talend.NewBreaker(otelhttp.NewTransport(transport, otelhttp.WithTracerProvider(tp)), talend.BreakerSettings{
+		ConsecutiveFailures: cfg.Talend.BreakerFailures,
+		OpenFor:             cfg.Talend.BreakerOpenFor,
+		OnStateChange: func(from, to gobreaker.State) {
+			level := slog.LevelWarn
+			if to == gobreaker.StateClosed {
+				level = slog.LevelInfo
+			}
+			log.Log(context.Background(), level, "Talend circuit breaker "+to.String(), "from", from.String())
+		},
+	})
+	var credsMu sync.Mutex
+	lastCredsValid := true
+	r.client, err = talend.NewClient(talend.Config{
+		BaseURL:     cfg.Talend.BaseURL(),
+		Credentials: cfg.Talend.Credentials(),
+		API:         &http.Client{Transport: r.breaker, Timeout: cfg.Talend.Timeout},
+		TokenHTTP: &http.Client{
+			Transport: otelhttp.NewTransport(transport, otelhttp.WithTracerProvider(tp)),
+			Timeout:   cfg.Talend.Timeout,
+		},
+		Tokens: talend.TokenCacheSettings{
+			RefreshBefore: cfg.Talend.TokenRefresh,
+			OnCredentials: func(valid bool) {
+				credsMu.Lock()
+				defer credsMu.Unlock()
+				if valid == lastCredsValid {
+					return
+				}
+				lastCredsValid = valid
+				if valid {
+					log.Info("Talend credentials accepted again; resuming")
+				} else {
+					log.Error("Talend token endpoint rejects the service-account credentials: not fetching requests until they work; check TALEND_CLIENT_ID / TALEND_CLIENT_SECRET(_FILE) and the account's permissions")
+				}
+			},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	wcfg := worker.Config{
+		Concurrency:             cfg.Worker.Concurrency,
+		AckWait:                 requests.CachedInfo().Config.AckWait,
+		ShutdownGrace:           cfg.Worker.ShutdownGrace,
+		MaxAttempts:             cfg.Worker.MaxAttempts,
+		MaxAge:                  cfg.Worker.MaxAge,
+		BackoffMin:              cfg.Worker.BackoffMin,
+		BackoffMax:              cfg.Worker.BackoffMax,
+		ReadyNeedsBreakerClosed: cfg.Worker.ReadyBreakerClosed,
+		StreamCreated:           runs.CachedInfo().Created,
+		Decoder:                 messages.Decoder{MaxBody: cfg.Worker.MaxBody},
+		Topology:                topo,
+		Logger:                  log,
+	}
+	if opts.Tune != nil {
+		opts.Tune(&wcfg)
+	}
+	r.worker, err = worker.New(wcfg, worker.Deps{
+		Talend:           r.client,
+		Events:           broker.NewPublisher(js, topo, cfg.Worker.EventSource, nil),
+		Attempts:         broker.NewAttempts(kv),
+		Requests:         requests,
+		Timers:           timers,
+		BreakerOpen:      r.breaker.Open,
+		CredentialsValid: r.client.Tokens().CredentialsValid,
+		Connected:        opts.Conn.IsConnected,
+	})
+	if err != nil {
+		r.client.Close()
+		return nil, err
+	}
+	if err := r.listenAdmin(); err != nil {
+		r.client.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Ready reports whether the worker can take work (the /readyz answer).
+func (r *Runner) Ready() error { return r.worker.Ready() }
+
+// Breaker is the Talend circuit breaker.
+func (r *Runner) Breaker() *talend.Breaker { return r.breaker }
+
+// AdminAddr is where /healthz and /readyz are served ("" if nowhere).
+func (r *Runner) AdminAddr() string {
+	if r.adminLn == nil {
+		return ""
+	}
+	return r.adminLn.Addr().String()
+}
+
+// Run runs the worker until ctx ends and everything has stopped.
+func (r *Runner) Run(ctx context.Context) error {
+	defer r.client.Close()
+	var adminDone chan error
+	if r.admin != nil {
+		adminDone = make(chan error, 1)
+		go func() { adminDone <- r.admin.Serve(r.adminLn) }()
+	}
+	err := r.worker.Run(ctx)
+	if r.admin != nil {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = r.admin.Shutdown(shutdownCtx)
+		cancel()
+		if aerr := <-adminDone; aerr != nil && !errors.Is(aerr, http.ErrServerClosed) {
+			err = errors.Join(err, fmt.Errorf("admin server: %w", aerr))
+		}
+	}
+	return err
+}
+
+func (r *Runner) listenAdmin() error {
+	ln := r.opts.AdminListener
+	if ln == nil {
+		addr := r.opts.Config.Worker.AdminAddr
+		if addr == "" {
+			return nil
+		}
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("admin listener on %s (TMC_ADMIN_ADDR): %w", addr, err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := r.worker.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	r.adminLn = ln
+	r.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return nil
+}

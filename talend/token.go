@@ -1,0 +1,274 @@
+package talend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Token is a service-account access token.
+type Token struct {
+	Value  string
+	Expiry time.Time
+}
+
+// TokenFetcher asks the token endpoint for a new token. It returns
+// ErrCredentials (wrapped) when the endpoint refuses the account.
+type TokenFetcher func(ctx context.Context) (Token, error)
+
+// TokenCacheSettings configure a TokenCache; zero values mean defaults.
+type TokenCacheSettings struct {
+	// RefreshBefore starts a background refresh this long before expiry,
+	// while callers keep using the current token (default 5m, at most a
+	// third of the token's lifetime).
+	RefreshBefore time.Duration
+	// ExpiryMargin treats a token as expired this long before its expiry, so
+	// that a call does not arrive with a token that lapses in flight
+	// (default 30s).
+	ExpiryMargin time.Duration
+	// FetchTimeout bounds one token request (default 15s).
+	FetchTimeout time.Duration
+	// BackoffMin and BackoffMax bound the wait after a failed fetch, and the
+	// probing interval while credentials are rejected (defaults 1s and 1m).
+	BackoffMin, BackoffMax time.Duration
+	// OnFetch is told about every fetch attempt and its error (metrics, logs).
+	OnFetch func(err error)
+	// OnCredentials is told when credentials become invalid or valid again.
+	OnCredentials func(valid bool)
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// TokenCache shares one token among all goroutines of a process.
+//
+// At most one fetch is in flight at any time; it runs on the cache's own
+// context, not a caller's, so one caller giving up does not fail the others.
+// A token close to expiry is refreshed in the background while callers keep
+// using it. A fetch failure is remembered and retried only after a jittered,
+// growing backoff, so a token-endpoint outage is not hammered by every
+// message. When the endpoint rejects the credentials (401/403) the cache
+// stops fetching for callers, reports CredentialsValid() == false and probes
+// by itself with capped backoff; the fetcher re-reads *_FILE secrets on every
+// attempt, so fixing a mounted secret is enough to recover.
+type TokenCache struct {
+	fetch TokenFetcher
+	set   TokenCacheSettings
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu          sync.Mutex
+	token       Token
+	fetching    chan struct{} // non-nil while a fetch runs; closed when it ends
+	lastErr     error
+	failures    int
+	retryAt     time.Time
+	credsBad    bool
+	probeActive bool
+}
+
+// NewTokenCache returns a cache that fetches with fetch. Close stops its
+// background work.
+func NewTokenCache(fetch TokenFetcher, set TokenCacheSettings) *TokenCache {
+	if set.RefreshBefore <= 0 {
+		set.RefreshBefore = 5 * time.Minute
+	}
+	if set.ExpiryMargin <= 0 {
+		set.ExpiryMargin = 30 * time.Second
+	}
+	if set.FetchTimeout <= 0 {
+		set.FetchTimeout = 15 * time.Second
+	}
+	if set.BackoffMin <= 0 {
+		set.BackoffMin = time.Second
+	}
+	if set.BackoffMax <= 0 {
+		set.BackoffMax = time.Minute
+	}
+	if set.Now == nil {
+		set.Now = time.Now
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &TokenCache{fetch: fetch, set: set, ctx: ctx, cancel: cancel}
+}
+
+// Close stops any fetch or probe in progress and waits for it.
+func (c *TokenCache) Close() {
+	c.cancel()
+	c.wg.Wait()
+}
+
+// CredentialsValid is false while the token endpoint rejects the
+// credentials.
+func (c *TokenCache) CredentialsValid() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.credsBad
+}
+
+// Token returns a usable token, fetching one if needed. It waits for a fetch
+// in flight at most until ctx ends.
+func (c *TokenCache) Token(ctx context.Context) (Token, error) {
+	waited := false
+	for {
+		c.mu.Lock()
+		if c.credsBad {
+			c.mu.Unlock()
+			return Token{}, ErrCredentials
+		}
+		now := c.set.Now()
+		if c.usable(now) {
+			if c.fetching == nil && !now.Before(c.refreshAt()) && !now.Before(c.retryAt) {
+				c.startFetchLocked()
+			}
+			tok := c.token
+			c.mu.Unlock()
+			return tok, nil
+		}
+		if c.fetching == nil {
+			if waited || now.Before(c.retryAt) {
+				err := c.lastErr
+				c.mu.Unlock()
+				if err == nil {
+					err = errors.New("no token")
+				}
+				return Token{}, fmt.Errorf("%w: %w", ErrTokenUnavailable, err)
+			}
+			c.startFetchLocked()
+		}
+		done := c.fetching
+		c.mu.Unlock()
+		select {
+		case <-done:
+			waited = true
+		case <-ctx.Done():
+			return Token{}, ctx.Err()
+		}
+	}
+}
+
+// Invalidate drops tok if it is still the current token. A call that got
+// 401 with tok calls this; a token fetched meanwhile by someone else is kept.
+func (c *TokenCache) Invalidate(tok Token) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.token.Value == tok.Value {
+		c.token = Token{}
+		// A 401 proves the token is stale, not that the endpoint is failing:
+		// allow an immediate fetch.
+		c.retryAt = time.Time{}
+	}
+}
+
+func (c *TokenCache) usable(now time.Time) bool {
+	return c.token.Value != "" && now.Before(c.token.Expiry.Add(-c.set.ExpiryMargin))
+}
+
+// refreshAt is when a background refresh of the current token starts.
+func (c *TokenCache) refreshAt() time.Time {
+	ahead := c.set.RefreshBefore
+	// Short-lived tokens (tests, simulators) are refreshed a third of their
+	// life ahead rather than never being fresh enough.
+	if life := c.token.Expiry.Sub(c.set.Now()); ahead > life/3 && life > 0 {
+		ahead = life / 3
+	}
+	return c.token.Expiry.Add(-ahead)
+}
+
+func (c *TokenCache) startFetchLocked() {
+	done := make(chan struct{})
+	c.fetching = done
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(c.ctx, c.set.FetchTimeout)
+		tok, err := c.fetch(ctx)
+		cancel()
+		c.finishFetch(tok, err)
+		close(done)
+	}()
+}
+
+func (c *TokenCache) finishFetch(tok Token, err error) {
+	if c.set.OnFetch != nil {
+		c.set.OnFetch(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fetching = nil
+	switch {
+	case err == nil:
+		c.token, c.lastErr, c.failures, c.retryAt = tok, nil, 0, time.Time{}
+	case errors.Is(err, ErrCredentials):
+		c.lastErr = err
+		c.token = Token{}
+		c.markCredentialsBadLocked()
+	default:
+		c.lastErr = err
+		c.failures++
+		c.retryAt = c.set.Now().Add(c.backoff(c.failures))
+	}
+}
+
+func (c *TokenCache) markCredentialsBadLocked() {
+	if c.credsBad {
+		return
+	}
+	c.credsBad = true
+	if c.set.OnCredentials != nil {
+		c.set.OnCredentials(false)
+	}
+	if c.probeActive {
+		return
+	}
+	c.probeActive = true
+	c.wg.Add(1)
+	go c.probe()
+}
+
+// probe retries the token endpoint with capped backoff while the
+// credentials are rejected, and restores normal service once they work.
+func (c *TokenCache) probe() {
+	defer c.wg.Done()
+	for attempt := 1; ; attempt++ {
+		timer := time.NewTimer(c.backoff(attempt))
+		select {
+		case <-c.ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, c.set.FetchTimeout)
+		tok, err := c.fetch(ctx)
+		cancel()
+		if c.set.OnFetch != nil {
+			c.set.OnFetch(err)
+		}
+		if err != nil {
+			continue
+		}
+		c.mu.Lock()
+		c.token, c.lastErr, c.failures, c.retryAt = tok, nil, 0, time.Time{}
+		c.credsBad, c.probeActive = false, false
+		c.mu.Unlock()
+		if c.set.OnCredentials != nil {
+			c.set.OnCredentials(true)
+		}
+		return
+	}
+}
+
+// backoff grows exponentially from BackoffMin to BackoffMax with full
+// jitter in its upper half, so replicas do not retry in lockstep.
+func (c *TokenCache) backoff(attempt int) time.Duration {
+	d := c.set.BackoffMin
+	for i := 1; i < attempt && d < c.set.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, c.set.BackoffMax)
+	return d/2 + rand.N(d/2+1)
+}

@@ -1,0 +1,307 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/messages"
+	"github.com/tmc-runner/tmc-runner/talend"
+)
+
+// timerTolerance: a notBefore this close to now is due. Message schedules
+// fire on whole seconds, so a request back from its timer may be a moment
+// early; it must not be parked again.
+const timerTolerance = 2 * time.Second
+
+// handle processes one message and applies the decision. A panic naks the
+// message and the worker goes on.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
+	stop := w.keepAlive(msg)
+	defer stop()
+	defer func() {
+		if r := recover(); r != nil {
+			w.log.Error("panic while handling a message", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			w.apply(msg, decision{act: actNak, delay: w.cfg.BackoffMin, outcome: outPanic})
+		}
+	}()
+	d := w.process(ctx, msg)
+	stop()
+	w.apply(msg, d)
+}
+
+// keepAlive sends in-progress signals every half ack wait until stopped, so
+// a slow Talend call does not get its message redelivered to another
+// replica meanwhile.
+func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		timer   *time.Timer
+	)
+	every := w.cfg.AckWait / 2
+	timer = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		_ = msg.InProgress()
+		timer.Reset(every)
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		timer.Stop()
+	}
+}
+
+// process decides what happens to one message. Everything it writes that
+// the decision depends on (events, dead letters, timers) is confirmed
+// before it returns.
+func (w *Worker) process(ctx context.Context, msg jetstream.Msg) decision {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return decision{act: actTerm, outcome: outIgnored, err: "not a JetStream message: " + err.Error()}
+	}
+	attempt := int(meta.NumDelivered)
+	subject := msg.Subject()
+	if w.cfg.Topology.IsCancelSubject(subject) {
+		// Cancellation arrives with the result issue; acking keeps the
+		// work-queue from filling up meanwhile.
+		return decision{act: actAck, outcome: outIgnored, attempt: attempt, err: "cancellation is not supported yet"}
+	}
+	header := msg.Headers()
+	src := messages.Source{
+		Subject:    subject,
+		MsgID:      header.Get(nats.MsgIdHdr),
+		PinnedID:   header.Get(broker.HeaderRequestID),
+		FallbackID: messages.FallbackID(w.cfg.StreamCreated, meta.Sequence.Stream),
+	}
+	req, err := w.cfg.Decoder.Decode(msg.Data(), src)
+	if err != nil {
+		var invalid *messages.InvalidRequestError
+		if !errors.As(err, &invalid) {
+			invalid = &messages.InvalidRequestError{RequestID: src.FallbackID, Route: "_invalid",
+				Problems: []messages.Problem{{Message: "undecodable request"}}}
+		}
+		return w.reject(ctx, invalid, attempt)
+	}
+	base := decision{requestID: req.RequestID, route: req.Route, attempt: attempt}
+	orig := broker.Original{Subject: subject, Header: header, Data: msg.Data()}
+
+	if attempt > 1 {
+		if d, done := w.recorded(ctx, &req, orig, base); done {
+			return d
+		}
+	}
+	now := w.now()
+	if !req.ExpiresAt.IsZero() && now.After(req.ExpiresAt) {
+		return w.fail(ctx, &req, orig, base, messages.ReasonExpired, "expiresAt passed before the run could start", nil)
+	}
+	if !req.NotBefore.IsZero() && req.NotBefore.After(now.Add(timerTolerance)) {
+		if err := w.deps.Events.ParkTimer(ctx, orig, req.Route, req.RequestID, req.NotBefore); err != nil {
+			return w.retry(ctx, base, err)
+		}
+		base.act, base.outcome = actAck, outParked
+		return base
+	}
+	if w.cfg.MaxAge > 0 && now.Sub(meta.Timestamp) > w.cfg.MaxAge {
+		return w.fail(ctx, &req, orig, base, messages.ReasonExpired,
+			fmt.Sprintf("request waited longer than %s without starting", w.cfg.MaxAge), nil)
+	}
+
+	executionID, err := w.start(ctx, &req)
+	if err != nil {
+		return w.afterError(ctx, &req, orig, base, err)
+	}
+	base.executionID = executionID
+	ev := messages.NewEvent(messages.Accepted, &req, attempt, w.now())
+	ev.ExecutionID = executionID
+	followed := false
+	ev.Followed = &followed
+	// The run has started: its event must be stored before the ack, and a
+	// nak now would start it a second time, so keep trying while the
+	// message is kept alive.
+	if err := w.publishPersistently(ctx, ev); err != nil {
+		base.act, base.outcome, base.err = actNak, outShutdown, "accepted event not stored: "+err.Error()
+		return base
+	}
+	base.act, base.outcome = actAck, outAccepted
+	return base
+}
+
+// start calls Talend for the request.
+func (w *Worker) start(ctx context.Context, req *messages.Request) (string, error) {
+	if req.Kind == messages.KindPlan {
+		return w.deps.Talend.RunPlan(ctx, req.Executable)
+	}
+	return w.deps.Talend.RunTask(ctx, talend.TaskRun{
+		Executable: req.Executable,
+		LogLevel:   req.LogLevel,
+		Timeout:    req.Timeout,
+		Parameters: req.ParamMap(),
+	})
+}
+
+// recorded looks for the outcome of an earlier delivery. The run may have
+// started (or failed) before a crash lost the ack: then nothing is called
+// again, and whatever the crash left missing is written.
+func (w *Worker) recorded(ctx context.Context, req *messages.Request, orig broker.Original, base decision) (decision, bool) {
+	accepted, err := w.deps.Events.FindEvent(ctx, req.Route, req.RequestID, messages.Accepted)
+	if err != nil {
+		return w.retry(ctx, base, err), true
+	}
+	if accepted != nil {
+		base.act, base.outcome, base.executionID = actAck, outDuplicate, accepted.ExecutionID
+		return base, true
+	}
+	failed, err := w.deps.Events.FindEvent(ctx, req.Route, req.RequestID, messages.Failed)
+	if err != nil {
+		return w.retry(ctx, base, err), true
+	}
+	if failed != nil {
+		if err := w.deps.Events.DeadLetter(ctx, orig, req.Route, req.RequestID, failed.Reason); err != nil {
+			return w.retry(ctx, base, err), true
+		}
+		base.act, base.outcome = actTerm, outDuplicate
+		return base, true
+	}
+	return base, false
+}
+
+// afterError maps a failed Talend call to a decision.
+func (w *Worker) afterError(ctx context.Context, req *messages.Request, orig broker.Original, base decision, err error) decision {
+	if ctx.Err() != nil {
+		base.act, base.outcome, base.err = actNak, outShutdown, w.redact(req, err.Error())
+		return base
+	}
+	var apiErr *talend.APIError
+	switch {
+	case errors.Is(err, talend.ErrCredentials), talend.IsSystemic(err):
+		d := w.retry(ctx, base, err)
+		d.err = w.redact(req, d.err)
+		return d
+	case errors.As(err, &apiErr) && !apiErr.Retryable():
+		return w.fail(ctx, req, orig, base, messages.ReasonTalendError, "", apiErr)
+	}
+	// A request-specific failure that a retry may fix: counted, durably.
+	if w.deps.Attempts == nil {
+		return w.fail(ctx, req, orig, base, messages.ReasonRetriesExhausted, w.redact(req, err.Error()), apiErr)
+	}
+	n, cerr := w.deps.Attempts.Increment(ctx, req.RequestID)
+	if cerr != nil {
+		return w.retry(ctx, base, cerr)
+	}
+	if n >= w.cfg.MaxAttempts {
+		return w.fail(ctx, req, orig, base, messages.ReasonRetriesExhausted,
+			fmt.Sprintf("%d attempts failed; last: %s", n, w.redact(req, err.Error())), apiErr)
+	}
+	base.act, base.outcome, base.delay, base.err = actNak, outAttempt, w.backoff(n), w.redact(req, err.Error())
+	return base
+}
+
+// retry gives the message back after a systemic fault. The delay grows with
+// deliveries; a Retry-After from Talend wins.
+func (w *Worker) retry(ctx context.Context, base decision, err error) decision {
+	base.act = actNak
+	base.err = err.Error()
+	if ctx.Err() != nil {
+		base.outcome = outShutdown
+		return base
+	}
+	base.outcome = outRetry
+	base.delay = w.backoff(base.attempt)
+	if ra := talend.RetryAfter(err); ra > 0 {
+		base.delay = ra
+	}
+	return base
+}
+
+// reject publishes the rejected event of an invalid request and terminates it.
+func (w *Worker) reject(ctx context.Context, invalid *messages.InvalidRequestError, attempt int) decision {
+	base := decision{requestID: invalid.RequestID, route: invalid.Route, attempt: attempt}
+	ev := messages.EventFromInvalid(invalid, attempt, w.now())
+	if err := w.deps.Events.Event(ctx, ev); err != nil {
+		return w.retry(ctx, base, err)
+	}
+	base.act, base.outcome = actTerm, outRejected
+	problems := make([]string, 0, len(invalid.Problems))
+	for _, p := range invalid.Problems {
+		problems = append(problems, strings.TrimSpace(p.Field+" "+p.Message))
+	}
+	base.err = strings.Join(problems, "; ")
+	return base
+}
+
+// fail ends a request with a `failed` event, keeps the original as a dead
+// letter, and terminates the message — in that order, so a crash in
+// between is repaired by the redelivery (see recorded).
+func (w *Worker) fail(ctx context.Context, req *messages.Request, orig broker.Original, base decision, reason, detail string, apiErr *talend.APIError) decision {
+	ev := messages.NewEvent(messages.Failed, req, base.attempt, w.now())
+	ev.Reason = reason
+	ev.Detail = w.redact(req, detail)
+	if apiErr != nil {
+		ev.HTTPStatus = apiErr.StatusCode
+		ev.TalendError = &messages.TalendError{
+			Status:    apiErr.Body.Status,
+			Message:   w.redact(req, apiErr.Body.Message),
+			Detail:    w.redact(req, apiErr.Body.Detail),
+			RequestID: apiErr.Body.RequestID,
+		}
+		if ev.Detail == "" {
+			ev.Detail = w.redact(req, apiErr.Error())
+		}
+	}
+	if err := w.deps.Events.Event(ctx, ev); err != nil {
+		return w.retry(ctx, base, err)
+	}
+	if err := w.deps.Events.DeadLetter(ctx, orig, req.Route, req.RequestID, reason); err != nil {
+		return w.retry(ctx, base, err)
+	}
+	base.act, base.outcome, base.reason, base.err = actTerm, outFailed, reason, ev.Detail
+	return base
+}
+
+// publishPersistently retries an event until it is stored or ctx ends.
+func (w *Worker) publishPersistently(ctx context.Context, ev *messages.Event) error {
+	delay := 50 * time.Millisecond
+	for {
+		err := w.deps.Events.Event(ctx, ev)
+		if err == nil {
+			return nil
+		}
+		w.log.Warn("event not stored yet, retrying", "requestId", ev.RequestID, "type", ev.Type, "error", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
+}
+
+// redact removes parameter values from text that came from outside (Talend
+// error messages may quote what they were sent).
+func (w *Worker) redact(req *messages.Request, s string) string {
+	if s == "" || req == nil {
+		return s
+	}
+	for _, p := range req.Parameters {
+		if len(p.Value) >= 3 {
+			s = strings.ReplaceAll(s, p.Value, "[redacted]")
+		}
+	}
+	return s
+}

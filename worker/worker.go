@@ -1,0 +1,302 @@
+package worker
+
+import (
+	"context"
+	"errors"
+		"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/messages"
+	"github.com/tmc-runner/tmc-runner/talend"
+)
+
+// Talend is what the worker needs from the Talend client.
+type Talend interface {
+	RunTask(ctx context.Context, run talend.TaskRun) (string, error)
+	RunPlan(ctx context.Context, planID string) (string, error)
+	// Probe makes a cheap read, used to close an open breaker.
+	Probe(ctx context.Context) error
+}
+
+// Events is what the worker needs to write to JetStream.
+type Events interface {
+	Event(ctx context.Context, ev *messages.Event) error
+	FindEvent(ctx context.Context, route, requestID string, t messages.EventType) (*messages.Event, error)
+	DeadLetter(ctx context.Context, orig broker.Original, route, requestID, reason string) error
+	ParkTimer(ctx context.Context, orig broker.Original, route, requestID string, at time.Time) error
+	Resubmit(ctx context.Context, due broker.Original) error
+}
+
+// AttemptCounter counts request-specific failures durably.
+type AttemptCounter interface {
+	Increment(ctx context.Context, requestID string) (int, error)
+}
+
+// Fetcher is a pull consumer (jetstream.Consumer satisfies it).
+type Fetcher interface {
+	Fetch(batch int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error)
+}
+
+// Config tunes a Worker; zero values mean the defaults noted.
+type Config struct {
+	Concurrency   int           // parallel messages (default 64)
+	AckWait       time.Duration // of the consumer; in-progress every half of it (default 30s)
+	ShutdownGrace time.Duration // in-flight work may finish within it (default 20s)
+	MaxAttempts   int           // request-specific failures before giving up (default 5)
+	MaxAge        time.Duration // a request older than this ends `failed` (0: no limit)
+	BackoffMin    time.Duration // first nak delay (default 1s)
+	BackoffMax    time.Duration // largest nak delay (default 5m)
+	FetchWait     time.Duration // longest wait of one pull (default 1s)
+	// ReadyNeedsBreakerClosed makes an open breaker fail readiness.
+	ReadyNeedsBreakerClosed bool
+	StreamCreated           time.Time // of the request stream, for fallback requestIds
+	Decoder                 messages.Decoder
+	Topology                broker.Topology
+	Logger                  *slog.Logger
+	Now                     func() time.Time
+}
+
+// Deps are the parts a Worker drives.
+type Deps struct {
+	Talend   Talend
+	Events   Events
+	Attempts AttemptCounter
+	Requests Fetcher // the shared durable consumer of TMC_RUNS
+	Timers   Fetcher // the durable consumer of due timers
+	// BreakerOpen and CredentialsValid gate fetching; Connected feeds
+	// readiness. Nil means "fine".
+	BreakerOpen      func() bool
+	CredentialsValid func() bool
+	Connected        func() bool
+}
+
+// Worker processes run requests. Create it with New, start it with Run.
+type Worker struct {
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+	now  func() time.Time
+
+	inflight     sync.WaitGroup
+	running      atomic.Bool
+	shuttingDown atomic.Bool
+	pausedFor    atomic.Value // string: why fetching is paused, "" if not
+}
+
+// New returns a worker.
+func New(cfg Config, deps Deps) (*Worker, error) {
+	if deps.Talend == nil || deps.Events == nil || deps.Requests == nil {
+		return nil, errors.New("worker: Talend, Events and Requests are required")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 64
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = 20 * time.Second
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 5
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = time.Second
+	}
+	if cfg.BackoffMax < cfg.BackoffMin {
+		cfg.BackoffMax = max(5*time.Minute, cfg.BackoffMin)
+	}
+	if cfg.FetchWait <= 0 {
+		cfg.FetchWait = time.Second
+	}
+	cfg.Topology = cfg.Topology.Defaults()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	always := func() bool { return true }
+	if deps.CredentialsValid == nil {
+		deps.CredentialsValid = always
+	}
+	if deps.Connected == nil {
+		deps.Connected = always
+	}
+	if deps.BreakerOpen == nil {
+		deps.BreakerOpen = func() bool { return false }
+	}
+	w := &Worker{cfg: cfg, deps: deps, log: cfg.Logger, now: cfg.Now}
+	w.pausedFor.Store("")
+	return w, nil
+}
+
+// Ready returns nil when the worker can take work: running, connected to
+// NATS, credentials accepted, not shutting down (and, if configured, the
+// breaker closed).
+func (w *Worker) Ready() error {
+	switch {
+	case w.shuttingDown.Load():
+		return errors.New("shutting down")
+	case !w.running.Load():
+		return errors.New("consumer not bound yet")
+	case !w.deps.Connected():
+		return errors.New("not connected to NATS")
+	case !w.deps.CredentialsValid():
+		return errors.New("Talend credentials rejected by the token endpoint")
+	case w.cfg.ReadyNeedsBreakerClosed && w.deps.BreakerOpen():
+		return errors.New("Talend circuit breaker open")
+	}
+	return nil
+}
+
+// Run fetches and processes requests until ctx ends, then shuts down
+// gracefully: it stops fetching, lets in-flight messages finish within the
+// grace period, naks what is left at once, and returns when everything it
+// started has ended.
+func (w *Worker) Run(ctx context.Context) error {
+	// Work outlives ctx by the grace period: a Talend call already sent must
+	// get its answer and event if it can.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+
+	var helpers sync.WaitGroup
+	helpers.Go(func() { w.probeBreaker(ctx) })
+	if w.deps.Timers != nil {
+		helpers.Go(func() { w.moveDueTimers(ctx) })
+	}
+
+	w.running.Store(true)
+	w.log.Info("worker started", "concurrency", w.cfg.Concurrency, "consumer", w.cfg.Topology.Consumer)
+	w.fetchLoop(ctx, workCtx)
+	w.shuttingDown.Store(true)
+
+	done := make(chan struct{})
+	go func() { w.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.ShutdownGrace):
+		w.log.Warn("shutdown grace period over, giving back unfinished messages", "grace", w.cfg.ShutdownGrace)
+		cancelWork()
+		<-done
+	}
+	helpers.Wait()
+	w.running.Store(false)
+	w.log.Info("worker stopped")
+	return nil
+}
+
+// fetchLoop pulls at most as many messages as there are free slots.
+func (w *Worker) fetchLoop(ctx, workCtx context.Context) {
+	slots := make(chan struct{}, w.cfg.Concurrency)
+	for ctx.Err() == nil {
+		if reason := w.pauseReason(); reason != "" {
+			if w.pausedFor.Swap(reason) != reason {
+				w.log.Warn("fetching paused", "reason", reason)
+			}
+			sleep(ctx, 250*time.Millisecond)
+			continue
+		}
+		if w.pausedFor.Swap("") != "" {
+			w.log.Info("fetching resumed")
+		}
+		// One free slot is needed; take every other free one too, so a busy
+		// worker pulls in batches rather than one message per round trip.
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		n := 1
+		for n < cap(slots) {
+			select {
+			case slots <- struct{}{}:
+				n++
+				continue
+			default:
+			}
+			break
+		}
+		batch, err := w.deps.Requests.Fetch(n, jetstream.FetchMaxWait(w.cfg.FetchWait))
+		if err != nil {
+			releaseSlots(slots, n)
+			w.log.Warn("fetch failed", "error", err)
+			sleep(ctx, 500*time.Millisecond)
+			continue
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			if ctx.Err() != nil {
+				// Shutdown began while this pull was open: give it back now
+				// rather than letting it wait out its ack wait.
+				_ = msg.Nak()
+				<-slots
+				continue
+			}
+			w.inflight.Add(1)
+			go func() {
+				defer w.inflight.Done()
+				defer func() { <-slots }()
+				w.handle(workCtx, msg)
+			}()
+		}
+		releaseSlots(slots, n-got)
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+			w.log.Debug("fetch ended", "error", err)
+		}
+	}
+}
+
+func (w *Worker) pauseReason() string {
+	switch {
+	case !w.deps.CredentialsValid():
+		return "Talend credentials rejected"
+	case w.deps.BreakerOpen():
+		return "Talend circuit breaker open"
+	}
+	return ""
+}
+
+// probeBreaker closes an open breaker with cheap reads instead of messages.
+func (w *Worker) probeBreaker(ctx context.Context) {
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		if !w.deps.BreakerOpen() || !w.deps.CredentialsValid() {
+			continue
+		}
+		probeCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := w.deps.Talend.Probe(probeCtx)
+		cancel()
+		if err == nil {
+			w.log.Info("Talend probe succeeded")
+		}
+	}
+}
+
+func releaseSlots(slots chan struct{}, n int) {
+	for range n {
+		<-slots
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
