@@ -24,12 +24,12 @@ type Topology struct {
 
 	SubjectPrefix string // "tmc.runs": requests are <prefix>.request.<route>
 
-	Replicas     int           // 1 in dev, 3 in production
-	EventsMaxAge time.Duration // 7 days
-	DeadMaxAge   time.Duration // 30 days
-	ClaimsMaxAge time.Duration // at least DeadMaxAge
-	AckWait      time.Duration // of the request consumer, 30s
-	MaxAckPending int          // of the request consumer, across replicas
+	Replicas        int           // 1 in dev, 3 in production
+	EventsMaxAge    time.Duration // 7 days
+	DeadMaxAge      time.Duration // 30 days
+	ClaimsMaxAge    time.Duration // at least DeadMaxAge
+	AckWait         time.Duration // of the request consumer, 30s
+	MaxAckPending   int           // of the request consumer, across replicas
 	DuplicateWindow time.Duration // Nats-Msg-Id de-duplication window, 2 minutes
 }
 

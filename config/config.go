@@ -67,19 +67,19 @@ type Worker struct {
 	LogLevel           string        `env:"TMC_LOG_LEVEL" envDefault:"info"`
 	LogFormat          string        `env:"TMC_LOG_FORMAT" envDefault:"json"`
 
-	SubjectPrefix  string        `env:"TMC_SUBJECT_PREFIX" envDefault:"tmc.runs"`
-	RunsStream     string        `env:"TMC_RUNS_STREAM" envDefault:"TMC_RUNS"`
-	TimersStream   string        `env:"TMC_TIMERS_STREAM" envDefault:"TMC_TIMERS"`
-	EventsStream   string        `env:"TMC_EVENTS_STREAM" envDefault:"TMC_EVENTS"`
-	DeadStream     string        `env:"TMC_DEAD_STREAM" envDefault:"TMC_DEAD"`
-	Consumer       string        `env:"TMC_CONSUMER" envDefault:"tmc-runner"`
-	ClaimsBucket   string        `env:"TMC_CLAIMS_BUCKET" envDefault:"tmc_claims"`
-	Replicas       int           `env:"TMC_REPLICAS" envDefault:"1"`
-	EventsMaxAge   time.Duration `env:"TMC_EVENTS_MAX_AGE" envDefault:"168h"`
-	DeadMaxAge     time.Duration `env:"TMC_DEAD_MAX_AGE" envDefault:"720h"`
-	ClaimsMaxAge   time.Duration `env:"TMC_CLAIMS_MAX_AGE" envDefault:"720h"`
-	AckWait        time.Duration `env:"TMC_ACK_WAIT" envDefault:"30s"`
-	MaxAckPending  int           `env:"TMC_MAX_ACK_PENDING" envDefault:"20000"`
+	SubjectPrefix string        `env:"TMC_SUBJECT_PREFIX" envDefault:"tmc.runs"`
+	RunsStream    string        `env:"TMC_RUNS_STREAM" envDefault:"TMC_RUNS"`
+	TimersStream  string        `env:"TMC_TIMERS_STREAM" envDefault:"TMC_TIMERS"`
+	EventsStream  string        `env:"TMC_EVENTS_STREAM" envDefault:"TMC_EVENTS"`
+	DeadStream    string        `env:"TMC_DEAD_STREAM" envDefault:"TMC_DEAD"`
+	Consumer      string        `env:"TMC_CONSUMER" envDefault:"tmc-runner"`
+	ClaimsBucket  string        `env:"TMC_CLAIMS_BUCKET" envDefault:"tmc_claims"`
+	Replicas      int           `env:"TMC_REPLICAS" envDefault:"1"`
+	EventsMaxAge  time.Duration `env:"TMC_EVENTS_MAX_AGE" envDefault:"168h"`
+	DeadMaxAge    time.Duration `env:"TMC_DEAD_MAX_AGE" envDefault:"720h"`
+	ClaimsMaxAge  time.Duration `env:"TMC_CLAIMS_MAX_AGE" envDefault:"720h"`
+	AckWait       time.Duration `env:"TMC_ACK_WAIT" envDefault:"30s"`
+	MaxAckPending int           `env:"TMC_MAX_ACK_PENDING" envDefault:"20000"`
 }
 
 // Config is everything a tmc-runner process reads from its environment.

@@ -3,7 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
-		"log/slog"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"

@@ -204,4 +204,3 @@ func newRequestID() string {
 	_, _ = rand.Read(b[:])
 	return "req-" + hex.EncodeToString(b[:])
 }
-
