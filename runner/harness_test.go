@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -393,5 +392,3 @@ func typesOf(evs []*messages.Event) []messages.EventType {
 	}
 	return out
 }
-
-var errNotFound = errors.New("not found")

@@ -63,12 +63,18 @@ type TokenCache struct {
 
 	mu          sync.Mutex
 	token       Token
+	life        time.Duration // token's lifetime as fetched (Expiry - fetch time)
 	fetching    chan struct{} // non-nil while a fetch runs; closed when it ends
 	lastErr     error
 	failures    int
 	retryAt     time.Time
 	credsBad    bool
 	probeActive bool
+
+	// notifyMu serialises OnCredentials calls; notified is the validity
+	// last reported (true at start: nothing reported yet).
+	notifyMu sync.Mutex
+	notified bool
 }
 
 // NewTokenCache returns a cache that fetches with fetch. Close stops its
@@ -93,7 +99,7 @@ func NewTokenCache(fetch TokenFetcher, set TokenCacheSettings) *TokenCache {
 		set.Now = time.Now
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &TokenCache{fetch: fetch, set: set, ctx: ctx, cancel: cancel}
+	return &TokenCache{fetch: fetch, set: set, ctx: ctx, cancel: cancel, notified: true}
 }
 
 // Close stops any fetch or probe in progress and waits for it.
@@ -165,18 +171,53 @@ func (c *TokenCache) Invalidate(tok Token) {
 }
 
 func (c *TokenCache) usable(now time.Time) bool {
-	return c.token.Value != "" && now.Before(c.token.Expiry.Add(-c.set.ExpiryMargin))
+	margin := c.set.ExpiryMargin
+	// A token living less than ten margins (a simulator's short tokens)
+	// would otherwise be unusable from the start.
+	if c.life > 0 && margin > c.life/10 {
+		margin = c.life / 10
+	}
+	return c.token.Value != "" && now.Before(c.token.Expiry.Add(-margin))
 }
 
 // refreshAt is when a background refresh of the current token starts.
 func (c *TokenCache) refreshAt() time.Time {
 	ahead := c.set.RefreshBefore
 	// Short-lived tokens (tests, simulators) are refreshed a third of their
-	// life ahead rather than never being fresh enough.
-	if life := c.token.Expiry.Sub(c.set.Now()); ahead > life/3 && life > 0 {
-		ahead = life / 3
+	// life ahead rather than never being fresh enough. The life is the
+	// token's whole lifetime, fixed when it was fetched: measured from now,
+	// it would shrink as time passes and push the refresh ahead forever.
+	if c.life > 0 && ahead > c.life/3 {
+		ahead = c.life / 3
 	}
 	return c.token.Expiry.Add(-ahead)
+}
+
+// storeLocked makes tok the current token, fetched at now.
+func (c *TokenCache) storeLocked(tok Token, now time.Time) {
+	c.token, c.life = tok, tok.Expiry.Sub(now)
+	c.lastErr, c.failures, c.retryAt = nil, 0, time.Time{}
+}
+
+// notifyCredentials reports the current credential validity to
+// OnCredentials if it changed since the last report. It is called without
+// c.mu held (the callback may use the cache) and reads the state under
+// notifyMu, so reports arrive in order and the last one is always the
+// current state.
+func (c *TokenCache) notifyCredentials() {
+	if c.set.OnCredentials == nil {
+		return
+	}
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
+	c.mu.Lock()
+	valid := !c.credsBad
+	c.mu.Unlock()
+	if valid == c.notified {
+		return
+	}
+	c.notified = valid
+	c.set.OnCredentials(valid)
 }
 
 func (c *TokenCache) startFetchLocked() {
@@ -185,32 +226,38 @@ func (c *TokenCache) startFetchLocked() {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
+		started := c.set.Now()
 		ctx, cancel := context.WithTimeout(c.ctx, c.set.FetchTimeout)
 		tok, err := c.fetch(ctx)
 		cancel()
-		c.finishFetch(tok, err)
+		c.finishFetch(tok, started, err)
 		close(done)
 	}()
 }
 
-func (c *TokenCache) finishFetch(tok Token, err error) {
+func (c *TokenCache) finishFetch(tok Token, started time.Time, err error) {
 	if c.set.OnFetch != nil {
 		c.set.OnFetch(err)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.fetching = nil
+	credsBad := false
 	switch {
 	case err == nil:
-		c.token, c.lastErr, c.failures, c.retryAt = tok, nil, 0, time.Time{}
+		c.storeLocked(tok, started)
 	case errors.Is(err, ErrCredentials):
 		c.lastErr = err
 		c.token = Token{}
 		c.markCredentialsBadLocked()
+		credsBad = true
 	default:
 		c.lastErr = err
 		c.failures++
 		c.retryAt = c.set.Now().Add(c.backoff(c.failures))
+	}
+	c.mu.Unlock()
+	if credsBad {
+		c.notifyCredentials()
 	}
 }
 
@@ -219,9 +266,6 @@ func (c *TokenCache) markCredentialsBadLocked() {
 		return
 	}
 	c.credsBad = true
-	if c.set.OnCredentials != nil {
-		c.set.OnCredentials(false)
-	}
 	if c.probeActive {
 		return
 	}
@@ -242,6 +286,7 @@ func (c *TokenCache) probe() {
 			return
 		case <-timer.C:
 		}
+		started := c.set.Now()
 		ctx, cancel := context.WithTimeout(c.ctx, c.set.FetchTimeout)
 		tok, err := c.fetch(ctx)
 		cancel()
@@ -252,12 +297,10 @@ func (c *TokenCache) probe() {
 			continue
 		}
 		c.mu.Lock()
-		c.token, c.lastErr, c.failures, c.retryAt = tok, nil, 0, time.Time{}
+		c.storeLocked(tok, started)
 		c.credsBad, c.probeActive = false, false
 		c.mu.Unlock()
-		if c.set.OnCredentials != nil {
-			c.set.OnCredentials(true)
-		}
+		c.notifyCredentials()
 		return
 	}
 }

@@ -15,9 +15,12 @@ type TransportOptions struct {
 	// CAFile is an extra PEM bundle trusted besides the system roots
 	// (a corporate TLS-inspecting proxy, a private simulator).
 	CAFile string
-	// MaxConnsPerHost bounds connections to Talend. Idle connections are
-	// kept up to the same number: Go's default of 2 idle connections per
-	// host makes a busy worker open and close connections all the time.
+	// MaxConnsPerHost is how many idle connections to Talend are kept
+	// (normally the worker's concurrency). Go's default of 2 idle
+	// connections per host makes a busy worker open and close connections
+	// all the time. Connections are not capped: the worker's concurrency
+	// already bounds calls, and a cap could queue token requests behind
+	// slow API calls on the shared transport.
 	MaxConnsPerHost int
 }
 
@@ -39,7 +42,7 @@ func NewTransport(opts TransportOptions) (*http.Transport, error) {
 			pool = x509.NewCertPool()
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("Talend CA file %s holds no PEM certificate", opts.CAFile)
+			return nil, fmt.Errorf("the Talend CA file %s holds no PEM certificate", opts.CAFile)
 		}
 		tlsConfig.RootCAs = pool
 	}

@@ -57,7 +57,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	sim := talendsim.New(talendsim.Options{KnowAll: true, Clients: map[string]string{devClientID: devSecret}})
 	simLn, err := net.Listen("tcp", *simAddr)
 	if err != nil {
-		return fmt.Errorf("Talend simulator on %s (try --sim-addr): %w", *simAddr, err)
+		return fmt.Errorf("listen for the Talend simulator on %s (try --sim-addr): %w", *simAddr, err)
 	}
 	simServer := &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
 	simDone := make(chan error, 1)
