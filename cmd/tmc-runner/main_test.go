@@ -367,4 +367,3 @@ func TestWorkerSIGTERMLosesNothing(t *testing.T) {
 		t.Errorf("%d executions for %d requests", w.sim.Stats().ExecutionsTotal, n)
 	}
 }
-
