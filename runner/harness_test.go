@@ -34,7 +34,7 @@ const (
 // JetStream, the Talend simulator behind a real HTTP server, and a Runner
 // wired exactly as `tmc-runner worker` wires it.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *natsembed.Server
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -48,6 +48,7 @@ type harness struct {
 	seenMu sync.Mutex
 	seen   map[string]bool
 
+	quiet  bool // log warnings only (benchmarks)
 	runner *Runner
 	cancel context.CancelFunc
 	done   chan error
@@ -55,7 +56,7 @@ type harness struct {
 
 type harnessOption func(*harness, *talendsim.Options)
 
-func newHarness(t *testing.T, opts ...harnessOption) *harness {
+func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	t.Helper()
 	h := &harness{t: t, logs: &syncBuffer{}, seen: map[string]bool{}}
 	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: t.TempDir()})
@@ -122,7 +123,11 @@ func (h *harness) start(tune ...func(*config.Config)) {
 	for _, f := range tune {
 		f(&cfg)
 	}
-	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	level := slog.LevelDebug
+	if h.quiet {
+		level = slog.LevelWarn
+	}
+	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: level}))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		h.t.Fatal(err)

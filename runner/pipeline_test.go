@@ -456,3 +456,49 @@ func TestProvisionRefusesConflictingStream(t *testing.T) {
 		t.Fatalf("err = %v, want a conflict naming the max age", err)
 	}
 }
+
+// A Talend call longer than the ack wait keeps its message with
+// in-progress signals: no redelivery, no second execution.
+func TestPipelineSlowCallKeepsMessage(t *testing.T) {
+	h := newHarness(t, func(_ *harness, o *talendsim.Options) { o.Latency = 2500 * time.Millisecond })
+	h.start(func(c *config.Config) {
+		c.Worker.AckWait = time.Second
+		c.Talend.Timeout = 10 * time.Second
+	})
+	h.request("slow", "t-slow", nil)
+	evs := h.waitTerminal(30*time.Second, "slow")
+	if got := evs["slow"]; len(got) != 1 || got[0].Type != messages.Accepted || got[0].Attempt != 1 {
+		t.Fatalf("events %+v, want one accepted on the first delivery", got)
+	}
+	if c := h.sim.Stats().Executions["t-slow"]; c != 1 {
+		t.Errorf("%d executions, want 1", c)
+	}
+	if info := h.consumerInfo(); info.NumRedelivered != 0 {
+		t.Errorf("%d redeliveries: in-progress signals did not keep the message", info.NumRedelivered)
+	}
+}
+
+// A request-specific failure that retries may fix (here a 409) is counted
+// durably; when the attempts run out the request fails with
+// retries_exhausted and is dead-lettered.
+func TestPipelineRequestSpecificRetriesRunOut(t *testing.T) {
+	h := newHarness(t)
+	h.start(func(c *config.Config) { c.Worker.MaxAttempts = 3 })
+	h.sim.InjectFault(talendsim.Fault{Status: http.StatusConflict, Count: 3})
+	h.request("conflicted", "t", nil)
+	evs := h.waitTerminal(30*time.Second, "conflicted")
+	got := evs["conflicted"]
+	if len(got) != 1 || got[0].Type != messages.Failed || got[0].Reason != messages.ReasonRetriesExhausted || got[0].HTTPStatus != http.StatusConflict {
+		t.Fatalf("events %+v, want one failed retries_exhausted with httpStatus 409", got)
+	}
+	if got[0].Attempt != 3 {
+		t.Errorf("failed on delivery %d, want 3", got[0].Attempt)
+	}
+	if _, err := h.deadLetter("default", "conflicted"); err != nil {
+		t.Errorf("not dead-lettered: %v", err)
+	}
+	if n := h.logs.count(`"outcome":"attempt"`); n != 2 {
+		t.Errorf("%d counted attempts before giving up, want 2", n)
+	}
+	h.assertDrained()
+}

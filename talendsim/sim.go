@@ -98,6 +98,7 @@ type Simulator struct {
 	plans      map[string]bool
 	behaviours map[string]Behaviour
 	execs      map[string]*execution
+	live       []*execution // executions that may still be running (see addLocked)
 	faults     faultState
 	stats      Stats
 }
