@@ -73,5 +73,3 @@ func BenchmarkPipeline(b *testing.B) {
 		})
 	}
 }
-
-
