@@ -1,0 +1,50 @@
+# tmc-runner — see README.md. `make test` is what CI runs (.ci/run).
+GO          ?= go
+BIN         := bin/tmc-runner
+GOBIN       := $(shell $(GO) env GOPATH)/bin
+STATICCHECK := $(GOBIN)/staticcheck
+STATICCHECK_VERSION := v0.8.2
+
+.PHONY: run build test test-quick lint fuzz bench-quick tools clean
+
+## run: the embedded default — NATS + JetStream, Talend simulator, worker
+run:
+	$(GO) run ./cmd/tmc-runner dev
+
+## build: the tmc-runner binary in bin/
+build:
+	$(GO) build -o $(BIN) ./cmd/tmc-runner
+
+## test: every check CI runs — lint, all tests with the race detector, fuzz smoke runs
+test: lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) fuzz FUZZTIME=10s
+
+## test-quick: the edit-test loop (-short skips the slowest waits)
+test-quick:
+	$(GO) test -race -short ./...
+
+## lint: gofmt, go vet, staticcheck
+lint: tools
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+FUZZTIME ?= 60s
+## fuzz: the fuzz targets for everything that parses outside input
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./messages
+	$(GO) test -run '^$$' -fuzz '^FuzzPercentRoundTrip$$' -fuzztime $(FUZZTIME) ./messages
+	$(GO) test -run '^$$' -fuzz '^FuzzRunTaskBody$$' -fuzztime $(FUZZTIME) ./talendsim
+
+## bench-quick: requests/s through the whole pipeline at zero Talend latency
+bench-quick:
+	$(GO) test -run '^$$' -bench BenchmarkPipeline -benchtime 20000x -count 3 ./runner
+
+tools: $(STATICCHECK)
+$(STATICCHECK):
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+clean:
+	rm -rf bin .tmc-dev
