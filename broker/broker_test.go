@@ -82,7 +82,7 @@ func TestEventWrittenOncePerType(t *testing.T) {
 	if err := Provision(ctx, js, topo); err != nil {
 		t.Fatal(err)
 	}
-	p := NewPublisher(js, topo, "test", nil)
+	p := NewPublisher(js, topo, "test", nil, nil)
 	req := &messages.Request{RequestID: "r1", Route: "default", Executable: "x", Kind: messages.KindTask}
 	now := time.Now()
 	first := messages.NewEvent(messages.Accepted, req, 1, now)
@@ -135,7 +135,7 @@ func TestDeadLetterKeepsOriginalOnce(t *testing.T) {
 	if err := Provision(ctx, js, topo); err != nil {
 		t.Fatal(err)
 	}
-	p := NewPublisher(js, topo, "", nil)
+	p := NewPublisher(js, topo, "", nil, nil)
 	orig := Original{Subject: "tmc.runs.request.default", Header: nats.Header{"Traceparent": {"00-abc-def-01"}}, Data: []byte(`{"executable":"x"}`)}
 	for range 2 {
 		if err := p.DeadLetter(ctx, orig, "default", "r9", "talend_error"); err != nil {

@@ -9,7 +9,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/tmc-runner/tmc-runner/messages"
+	"github.com/tmc-runner/tmc-runner/telemetry"
 )
 
 // Header names tmc-runner sets on messages it writes itself.
@@ -27,25 +36,57 @@ const (
 	HeaderOriginalSubject = "Tmc-Original-Subject"
 )
 
-// HeaderInjector adds the trace context of ctx to outgoing headers.
-type HeaderInjector func(ctx context.Context, h nats.Header)
-
 // Publisher writes events, dead letters and timers. Every write that an
 // acknowledgement depends on is confirmed stored before it returns nil.
 type Publisher struct {
-	js     jetstream.JetStream
-	topo   Topology
-	source string
-	inject HeaderInjector
+	js       jetstream.JetStream
+	topo     Topology
+	source   string
+	tracer   trace.Tracer
+	failures metric.Int64Counter
 }
 
-// NewPublisher returns a publisher; source is the CloudEvents ce-source and
-// inject may be nil.
-func NewPublisher(js jetstream.JetStream, topo Topology, source string, inject HeaderInjector) *Publisher {
-	if inject == nil {
-		inject = func(context.Context, nats.Header) {}
+// NewPublisher returns a publisher; source is the CloudEvents ce-source.
+// Each write is a producer span whose context travels in the message's
+// headers, so downstream consumers continue the same trace. tp and mp may
+// be nil.
+func NewPublisher(js jetstream.JetStream, topo Topology, source string, tp trace.TracerProvider, mp metric.MeterProvider) *Publisher {
+	if tp == nil {
+		tp = tracenoop.NewTracerProvider()
 	}
-	return &Publisher{js: js, topo: topo, source: source, inject: inject}
+	if mp == nil {
+		mp = metricnoop.NewMeterProvider()
+	}
+	failures, _ := mp.Meter(scope).Int64Counter("tmc.events.publish.failures",
+		metric.WithDescription("Writes of events, dead letters and timers that failed (retried by the caller)"),
+		metric.WithUnit("{write}"))
+	return &Publisher{js: js, topo: topo, source: source, tracer: tp.Tracer(scope), failures: failures}
+}
+
+const scope = "github.com/tmc-runner/tmc-runner/broker"
+
+// send starts a producer span for a write to subject (named after its
+// template, not the subject itself: subjects carry request ids), injects
+// its context into msg's headers, and ends it with the write's outcome.
+func (p *Publisher) send(ctx context.Context, kind, template string, msg *nats.Msg, write func(context.Context) error) error {
+	ctx, span := p.tracer.Start(ctx, "send "+template, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(
+			semconv.MessagingSystemKey.String("nats"),
+			semconv.MessagingOperationTypeSend,
+			semconv.MessagingOperationName("send"),
+			semconv.MessagingDestinationName(msg.Subject),
+			semconv.MessagingDestinationTemplate(template),
+			semconv.MessagingMessageID(msg.Header.Get(nats.MsgIdHdr)),
+		))
+	defer span.End()
+	telemetry.Inject(ctx, msg.Header)
+	err := write(ctx)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, kind+" not stored")
+		p.failures.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
+	}
+	return err
 }
 
 // Event publishes ev. Every type but `status` is written with the
@@ -58,14 +99,16 @@ func (p *Publisher) Event(ctx context.Context, ev *messages.Event) error {
 		return fmt.Errorf("encode %s event: %w", ev.Type, err)
 	}
 	msg := &nats.Msg{Subject: ev.Subject(p.topo.EventsPrefix()), Header: ev.Header(p.source), Data: body}
-	p.inject(ctx, msg.Header)
-	if ev.Type == messages.Status {
-		if _, err := p.js.PublishMsg(ctx, msg); err != nil {
-			return fmt.Errorf("publish %s event: %w", ev.Type, err)
+	template := p.topo.EventsPrefix() + ".{route}.{requestId}." + string(ev.Type)
+	return p.send(ctx, string(ev.Type)+" event", template, msg, func(ctx context.Context) error {
+		if ev.Type == messages.Status {
+			if _, err := p.js.PublishMsg(ctx, msg); err != nil {
+				return fmt.Errorf("publish %s event: %w", ev.Type, err)
+			}
+			return nil
 		}
-		return nil
-	}
-	return p.publishOnce(ctx, p.topo.EventsStream, msg)
+		return p.publishOnce(ctx, p.topo.EventsStream, msg)
+	})
 }
 
 // publishOnce writes msg as the only message of its subject. Success means
@@ -147,10 +190,12 @@ func (p *Publisher) DeadLetter(ctx context.Context, orig Original, route, reques
 	h.Set(HeaderRequestID, requestID)
 	h.Set(nats.MsgIdHdr, requestID+".dead")
 	msg := &nats.Msg{Subject: p.topo.DeadSubject(route, requestID), Header: h, Data: orig.Data}
-	if err := p.publishOnce(ctx, p.topo.DeadStream, msg); err != nil {
-		return fmt.Errorf("dead letter %s: %w", requestID, err)
-	}
-	return nil
+	return p.send(ctx, "dead letter", p.topo.SubjectPrefix+".dead.{route}.{requestId}", msg, func(ctx context.Context) error {
+		if err := p.publishOnce(ctx, p.topo.DeadStream, msg); err != nil {
+			return fmt.Errorf("dead letter %s: %w", requestID, err)
+		}
+		return nil
+	})
 }
 
 // ParkTimer stores a request whose notBefore is in the future as a JetStream
@@ -162,14 +207,16 @@ func (p *Publisher) ParkTimer(ctx context.Context, orig Original, route, request
 	h.Set(HeaderRequestID, requestID)
 	h.Set(HeaderRoute, route)
 	msg := &nats.Msg{Subject: p.topo.TimerSubject(requestID), Header: h, Data: orig.Data}
-	_, err := p.js.PublishMsg(ctx, msg,
-		jetstream.WithScheduleAt(at),
-		jetstream.WithScheduleTarget(p.topo.TimerDueSubject(requestID)),
-	)
-	if err != nil {
-		return fmt.Errorf("park %s until %s: %w", requestID, at.Format(time.RFC3339), err)
-	}
-	return nil
+	return p.send(ctx, "timer", p.topo.SubjectPrefix+".timer.sched.{requestId}", msg, func(ctx context.Context) error {
+		_, err := p.js.PublishMsg(ctx, msg,
+			jetstream.WithScheduleAt(at),
+			jetstream.WithScheduleTarget(p.topo.TimerDueSubject(requestID)),
+		)
+		if err != nil {
+			return fmt.Errorf("park %s until %s: %w", requestID, at.Format(time.RFC3339), err)
+		}
+		return nil
+	})
 }
 
 // Resubmit moves a due timer back into the request stream, where it takes
@@ -188,7 +235,10 @@ func (p *Publisher) Resubmit(ctx context.Context, due Original) error {
 	h.Set(HeaderTimerFired, "1")
 	h.Set(nats.MsgIdHdr, requestID+".due")
 	msg := &nats.Msg{Subject: p.topo.RequestSubject(route), Header: h, Data: due.Data}
+	// No new span: the request keeps the trace context it was published
+	// with, so its processing continues the publisher's trace.
 	if _, err := p.js.PublishMsg(ctx, msg); err != nil {
+		p.failures.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", "resubmit")))
 		return fmt.Errorf("resubmit due request %s: %w", requestID, err)
 	}
 	return nil

@@ -16,12 +16,16 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/natsembed"
 	"github.com/tmc-runner/tmc-runner/talendsim"
+	"github.com/tmc-runner/tmc-runner/telemetry"
 	"github.com/tmc-runner/tmc-runner/worker"
 )
 
@@ -48,7 +52,10 @@ type harness struct {
 	seenMu sync.Mutex
 	seen   map[string]bool
 
-	quiet  bool // log warnings only (benchmarks)
+	quiet bool // log warnings only (benchmarks)
+	// spans records every span of the runner (nil in benchmarks: tracing
+	// off, as in production without OTEL_* settings).
+	spans  *tracetest.SpanRecorder
 	runner *Runner
 	cancel context.CancelFunc
 	done   chan error
@@ -127,14 +134,19 @@ func (h *harness) start(tune ...func(*config.Config)) {
 	if h.quiet {
 		level = slog.LevelWarn
 	}
-	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: level}))
+	log := slog.New(telemetry.TraceHandler{Handler: slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: level})})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	var tp trace.TracerProvider
+	if !h.quiet {
+		h.spans = tracetest.NewSpanRecorder()
+		tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(h.spans))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r, err := New(ctx, Options{
-		Config: cfg, Conn: h.nc, Logger: log, AdminListener: ln,
+		Config: cfg, Conn: h.nc, Logger: log, AdminListener: ln, TracerProvider: tp,
 		Tune: func(c *worker.Config) { c.FetchWait = 200 * time.Millisecond },
 	})
 	if err != nil {

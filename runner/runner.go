@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -25,8 +27,27 @@ import (
 	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
+	"github.com/tmc-runner/tmc-runner/telemetry"
 	"github.com/tmc-runner/tmc-runner/worker"
 )
+
+// talendRoute names a Talend API path without its ids, for span names.
+func talendRoute(path string) string {
+	switch {
+	case path == "/processing/executions", path == "/processing/executions/plans",
+		path == "/security/oauth/token", path == "/processing/executables/tasks/executions":
+		return path
+	case strings.HasPrefix(path, "/processing/executions/plans/"):
+		return "/processing/executions/plans/{id}"
+	case strings.HasPrefix(path, "/processing/executions/"):
+		return "/processing/executions/{id}"
+	case strings.HasPrefix(path, "/monitoring/executions/"):
+		return "/monitoring/executions/{id}/logs"
+	case strings.HasPrefix(path, "/processing/executables/"):
+		return "/processing/executables/{kind}/{id}/executions"
+	}
+	return "other"
+}
 
 // Options wire a Runner.
 type Options struct {
@@ -34,6 +55,8 @@ type Options struct {
 	Conn           *nats.Conn // connected; the caller drains it after Run
 	Logger         *slog.Logger
 	TracerProvider trace.TracerProvider // nil: no tracing
+	// Metrics serves /metrics; nil: a private registry is made.
+	Metrics *telemetry.Metrics
 	// AdminListener, when set, serves /healthz and /readyz instead of
 	// listening on Config.Worker.AdminAddr (tests pass one on port 0).
 	AdminListener net.Listener
@@ -63,6 +86,14 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	if tp == nil {
 		tp = noop.NewTracerProvider()
 	}
+	if opts.Metrics == nil {
+		m, err := telemetry.NewMetrics()
+		if err != nil {
+			return nil, err
+		}
+		opts.Metrics = m
+	}
+	mp := opts.Metrics.Provider
 	topo := cfg.Worker.Topology()
 	js, err := jetstream.New(opts.Conn)
 	if err != nil {
@@ -95,10 +126,21 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.breaker = talend.NewBreaker(otelhttp.NewTransport(transport, otelhttp.WithTracerProvider(tp)), talend.BreakerSettings{
+	httpSpans := []otelhttp.Option{
+		otelhttp.WithTracerProvider(tp),
+		// No meter: call durations are recorded by the client with
+		// low-cardinality labels.
+		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			return "talend " + r.Method + " " + talendRoute(r.URL.Path)
+		}),
+	}
+	recordTransition := talend.BreakerMetrics(mp, func() *talend.Breaker { return r.breaker })
+	r.breaker = talend.NewBreaker(otelhttp.NewTransport(transport, httpSpans...), talend.BreakerSettings{
 		ConsecutiveFailures: cfg.Talend.BreakerFailures,
 		OpenFor:             cfg.Talend.BreakerOpenFor,
 		OnStateChange: func(from, to gobreaker.State) {
+			recordTransition(from, to)
 			level := slog.LevelWarn
 			if to == gobreaker.StateClosed {
 				level = slog.LevelInfo
@@ -113,9 +155,11 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		Credentials: cfg.Talend.Credentials(),
 		API:         &http.Client{Transport: r.breaker, Timeout: cfg.Talend.Timeout},
 		TokenHTTP: &http.Client{
-			Transport: otelhttp.NewTransport(transport, otelhttp.WithTracerProvider(tp)),
+			Transport: otelhttp.NewTransport(transport, httpSpans...),
 			Timeout:   cfg.Talend.Timeout,
 		},
+		TracerProvider: tp,
+		MeterProvider:  mp,
 		Tokens: talend.TokenCacheSettings{
 			RefreshBefore: cfg.Talend.TokenRefresh,
 			OnCredentials: func(valid bool) {
@@ -149,19 +193,28 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		Decoder:                 messages.Decoder{MaxBody: cfg.Worker.MaxBody},
 		Topology:                topo,
 		Logger:                  log,
+		TracerProvider:          tp,
+		MeterProvider:           mp,
 	}
 	if opts.Tune != nil {
 		opts.Tune(&wcfg)
 	}
 	r.worker, err = worker.New(wcfg, worker.Deps{
 		Talend:           r.client,
-		Events:           broker.NewPublisher(js, topo, cfg.Worker.EventSource, nil),
+		Events:           broker.NewPublisher(js, topo, cfg.Worker.EventSource, tp, mp),
 		Attempts:         broker.NewAttempts(kv),
 		Requests:         requests,
 		Timers:           timers,
 		BreakerOpen:      r.breaker.Open,
 		CredentialsValid: r.client.Tokens().CredentialsValid,
 		Connected:        opts.Conn.IsConnected,
+		Pending: func(ctx context.Context) (uint64, error) {
+			info, err := requests.Info(ctx)
+			if err != nil {
+				return 0, err
+			}
+			return info.NumPending, nil
+		},
 	})
 	if err != nil {
 		r.client.Close()
@@ -225,6 +278,7 @@ func (r *Runner) listenAdmin() error {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.Handle("GET /metrics", r.opts.Metrics.Handler)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := r.worker.Ready(); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"io"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -41,6 +43,12 @@ func TestSecretsNeverLeak(t *testing.T) {
 	h.sim.InjectFault(talendsim.Fault{Status: 503, Count: 2})
 	h.request("retried", "task-e", map[string]any{"parameters": params})
 	h.waitTerminal(30*time.Second, "ok-object", "ok-array", "failed", "expired", "rejected", "rejected-2", "retried")
+	resp, err := http.Get("http://" + h.runner.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsText, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
 	h.stop()
 
 	tokens := h.tokens()
@@ -59,7 +67,18 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}
 
 	var corpus []string
-	corpus = append(corpus, h.logs.String())
+	corpus = append(corpus, h.logs.String(), string(metricsText))
+	for _, sp := range h.spans.Ended() {
+		corpus = append(corpus, sp.Name(), sp.Status().Description)
+		for _, kv := range sp.Attributes() {
+			corpus = append(corpus, string(kv.Key)+"="+kv.Value.String())
+		}
+		for _, ev := range sp.Events() {
+			for _, kv := range ev.Attributes {
+				corpus = append(corpus, string(kv.Key)+"="+kv.Value.String())
+			}
+		}
+	}
 	ctx := context.Background()
 	for _, stream := range []string{h.topo.EventsStream, h.topo.DeadStream} {
 		c, err := h.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
@@ -98,7 +117,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 	// The corpus must hold what the requests produced, or the search above
 	// proves nothing: every request's events and the duplicate parameter's
 	// name (names are fine, values are not).
-	for _, want := range []string{`"requestId":"ok-array"`, `"type":"failed"`, `"type":"rejected"`, `parameters.a`, `"outcome":"retry"`} {
+	for _, want := range []string{`"requestId":"ok-array"`, `"type":"failed"`, `"type":"rejected"`, `parameters.a`, `"outcome":"retry"`,
+		"tmc_requests_total", "tmc.request_id=ok-array", "http.request.method=POST", `"trace_id":"`} {
 		if !strings.Contains(all, want) {
 			t.Errorf("corpus lacks %s: the search covered less than it should", want)
 		}

@@ -13,6 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Credentials are a service account's client id and secret.
@@ -40,6 +43,11 @@ type Config struct {
 	TokenHTTP *http.Client
 	// Tokens configures the token cache.
 	Tokens TokenCacheSettings
+	// TracerProvider traces token fetches (the HTTP spans come from the
+	// transports, see otelhttp). Nil: no spans.
+	TracerProvider trace.TracerProvider
+	// MeterProvider receives call durations and token fetch counts.
+	MeterProvider metric.MeterProvider
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -52,6 +60,7 @@ type Client struct {
 	tokenHTTP *http.Client
 	tokens    *TokenCache
 	now       func() time.Time
+	metrics   *instruments
 }
 
 // NewClient returns a client; Close releases its token cache.
@@ -75,7 +84,18 @@ func NewClient(cfg Config) (*Client, error) {
 	if cfg.Tokens.Now == nil {
 		cfg.Tokens.Now = cfg.Now
 	}
-	c := &Client{base: base, creds: cfg.Credentials, api: cfg.API, tokenHTTP: cfg.TokenHTTP, now: cfg.Now}
+	c := &Client{base: base, creds: cfg.Credentials, api: cfg.API, tokenHTTP: cfg.TokenHTTP, now: cfg.Now,
+		metrics: newInstruments(cfg.MeterProvider)}
+	if cfg.TracerProvider != nil && cfg.Tokens.Tracer == nil {
+		cfg.Tokens.Tracer = cfg.TracerProvider.Tracer("github.com/tmc-runner/tmc-runner/talend")
+	}
+	onFetch := cfg.Tokens.OnFetch
+	cfg.Tokens.OnFetch = func(err error) {
+		c.metrics.token(context.Background(), err)
+		if onFetch != nil {
+			onFetch(err)
+		}
+	}
 	c.tokens = NewTokenCache(c.fetchToken, cfg.Tokens)
 	return c, nil
 }
@@ -165,7 +185,13 @@ func (c *Client) call(ctx context.Context, op, method, path string, body []byte,
 		if body != nil {
 			req.Header.Set("Content-Type", "application/json")
 		}
+		started := time.Now()
 		resp, err := c.api.Do(req)
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		c.metrics.call(ctx, metricOp(op), started, status, err)
 		if err != nil {
 			if errors.Is(err, ErrBreakerOpen) {
 				return fmt.Errorf("talend %s: %w", op, ErrBreakerOpen)
@@ -258,7 +284,13 @@ func (c *Client) fetchToken(ctx context.Context) (Token, error) {
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(creds.ClientID+":"+creds.Secret)))
 	started := c.now()
+	callStarted := time.Now()
 	resp, err := c.tokenHTTP.Do(req)
+	status := 0
+	if resp != nil {
+		status = resp.StatusCode
+	}
+	c.metrics.call(ctx, "token", callStarted, status, err)
 	if err != nil {
 		return Token{}, &transportError{op: "token", err: err}
 	}
@@ -284,6 +316,9 @@ func (c *Client) fetchToken(ctx context.Context) (Token, error) {
 	// its arrival suggests.
 	return Token{Value: tr.AccessToken, Expiry: started.Add(life)}, nil
 }
+
+// metricOp turns an operation description into a label value.
+func metricOp(op string) string { return strings.ReplaceAll(op, " ", "_") }
 
 func drain(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))

@@ -7,6 +7,9 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Token is a service-account access token.
@@ -36,6 +39,9 @@ type TokenCacheSettings struct {
 	BackoffMin, BackoffMax time.Duration
 	// OnFetch is told about every fetch attempt and its error (metrics, logs).
 	OnFetch func(err error)
+	// Tracer records a span per fetch, a child of the span of the caller
+	// that started it (nil: no spans).
+	Tracer trace.Tracer
 	// OnCredentials is told when credentials become invalid or valid again.
 	OnCredentials func(valid bool)
 	// Now is the clock (default time.Now).
@@ -129,7 +135,7 @@ func (c *TokenCache) Token(ctx context.Context) (Token, error) {
 		now := c.set.Now()
 		if c.usable(now) {
 			if c.fetching == nil && !now.Before(c.refreshAt()) && !now.Before(c.retryAt) {
-				c.startFetchLocked()
+				c.startFetchLocked(trace.SpanContextFromContext(ctx))
 			}
 			tok := c.token
 			c.mu.Unlock()
@@ -144,7 +150,7 @@ func (c *TokenCache) Token(ctx context.Context) (Token, error) {
 				}
 				return Token{}, fmt.Errorf("%w: %w", ErrTokenUnavailable, err)
 			}
-			c.startFetchLocked()
+			c.startFetchLocked(trace.SpanContextFromContext(ctx))
 		}
 		done := c.fetching
 		c.mu.Unlock()
@@ -220,19 +226,36 @@ func (c *TokenCache) notifyCredentials() {
 	c.set.OnCredentials(valid)
 }
 
-func (c *TokenCache) startFetchLocked() {
+func (c *TokenCache) startFetchLocked(parent trace.SpanContext) {
 	done := make(chan struct{})
 	c.fetching = done
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		started := c.set.Now()
-		ctx, cancel := context.WithTimeout(c.ctx, c.set.FetchTimeout)
-		tok, err := c.fetch(ctx)
-		cancel()
+		tok, err := c.fetchTraced(parent)
 		c.finishFetch(tok, started, err)
 		close(done)
 	}()
+}
+
+// fetchTraced runs one fetch on the cache's own context (never a
+// caller's: one caller giving up must not fail the others), in a span that
+// continues the trace of the caller that needed the token.
+func (c *TokenCache) fetchTraced(parent trace.SpanContext) (Token, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, c.set.FetchTimeout)
+	defer cancel()
+	if c.set.Tracer == nil {
+		return c.fetch(ctx)
+	}
+	ctx, span := c.set.Tracer.Start(trace.ContextWithSpanContext(ctx, parent), "talend token fetch")
+	defer span.End()
+	tok, err := c.fetch(ctx)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "token fetch failed")
+	}
+	return tok, err
 }
 
 func (c *TokenCache) finishFetch(tok Token, started time.Time, err error) {
@@ -287,9 +310,7 @@ func (c *TokenCache) probe() {
 		case <-timer.C:
 		}
 		started := c.set.Now()
-		ctx, cancel := context.WithTimeout(c.ctx, c.set.FetchTimeout)
-		tok, err := c.fetch(ctx)
-		cancel()
+		tok, err := c.fetchTraced(trace.SpanContext{})
 		if c.set.OnFetch != nil {
 			c.set.OnFetch(err)
 		}

@@ -46,7 +46,8 @@ type decision struct {
 
 // apply carries a decision out on msg and logs it: the one place where a
 // message is acked, nak'ed or terminated, and the one log line per decision.
-func (w *Worker) apply(msg jetstream.Msg, d decision) {
+func (w *Worker) apply(ctx context.Context, msg jetstream.Msg, d decision) {
+	w.metrics.decided(ctx, d)
 	var err error
 	switch d.act {
 	case actAck:
@@ -89,5 +90,5 @@ func (w *Worker) apply(msg jetstream.Msg, d decision) {
 	if err != nil && level < slog.LevelWarn {
 		level = slog.LevelWarn
 	}
-	w.log.Log(context.Background(), level, "request "+d.outcome, attrs...)
+	w.log.Log(ctx, level, "request "+d.outcome, attrs...)
 }

@@ -5,16 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
+	"github.com/tmc-runner/tmc-runner/telemetry"
 )
 
 // timerTolerance: a notBefore this close to now is due. Message schedules
@@ -22,20 +28,69 @@ import (
 // early; it must not be parked again.
 const timerTolerance = 2 * time.Second
 
-// handle processes one message and applies the decision. A panic naks the
-// message and the worker goes on.
+// handle processes one message and applies the decision, in a consumer
+// span that continues the publisher's trace. A panic naks the message and
+// the worker goes on.
 func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	stop := w.keepAlive(msg)
 	defer stop()
+	ctx, span := w.startProcessSpan(ctx, msg)
+	defer span.End()
 	defer func() {
 		if r := recover(); r != nil {
-			w.log.Error("panic while handling a message", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			w.apply(msg, decision{act: actNak, delay: w.cfg.BackoffMin, outcome: outPanic})
+			w.log.ErrorContext(ctx, "panic while handling a message", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			d := decision{act: actNak, delay: w.cfg.BackoffMin, outcome: outPanic}
+			w.endProcessSpan(span, d)
+			w.apply(ctx, msg, d)
 		}
 	}()
 	d := w.process(ctx, msg)
 	stop()
-	w.apply(msg, d)
+	w.endProcessSpan(span, d)
+	w.apply(ctx, msg, d)
+}
+
+// startProcessSpan starts the consumer span of one delivery, a child of
+// the trace context in the message's headers (any letter case), with the
+// OpenTelemetry messaging attributes.
+func (w *Worker) startProcessSpan(ctx context.Context, msg jetstream.Msg) (context.Context, trace.Span) {
+	ctx = telemetry.Extract(ctx, msg.Headers())
+	attrs := []attribute.KeyValue{
+		semconv.MessagingSystemKey.String("nats"),
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingOperationName("process"),
+		semconv.MessagingDestinationName(msg.Subject()),
+		semconv.MessagingConsumerGroupName(w.cfg.Topology.Consumer),
+	}
+	if meta, err := msg.Metadata(); err == nil {
+		attrs = append(attrs,
+			semconv.MessagingMessageID(strconv.FormatUint(meta.Sequence.Stream, 10)),
+			attribute.Int("messaging.nats.message.delivery_count", int(meta.NumDelivered)))
+	}
+	return w.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+}
+
+// endProcessSpan records the decision on the span: ids and outcome (never
+// a parameter value), and an error status for outcomes that need a look.
+func (w *Worker) endProcessSpan(span trace.Span, d decision) {
+	attrs := []attribute.KeyValue{attribute.String("tmc.outcome", d.outcome)}
+	if d.requestID != "" {
+		attrs = append(attrs, attribute.String("tmc.request_id", d.requestID), attribute.String("tmc.route", d.route))
+	}
+	if d.executionID != "" {
+		attrs = append(attrs, attribute.String("tmc.execution_id", d.executionID))
+	}
+	if d.reason != "" {
+		attrs = append(attrs, attribute.String("tmc.reason", d.reason))
+	}
+	span.SetAttributes(attrs...)
+	switch d.outcome {
+	case outFailed, outRejected, outPanic:
+		span.SetStatus(codes.Error, d.outcome)
+	}
+	if d.err != "" && d.outcome != outAccepted {
+		span.AddEvent("exception", trace.WithAttributes(attribute.String("exception.message", d.err)))
+	}
 }
 
 // keepAlive sends in-progress signals every half ack wait until stopped, so
@@ -198,7 +253,9 @@ func (w *Worker) afterError(ctx context.Context, req *messages.Request, orig bro
 	if w.deps.Attempts == nil {
 		return w.fail(ctx, req, orig, base, messages.ReasonRetriesExhausted, w.redact(req, err.Error()), apiErr)
 	}
-	n, cerr := w.deps.Attempts.Increment(ctx, req.RequestID)
+	countCtx, span := w.tracer.Start(ctx, "count attempt")
+	n, cerr := w.deps.Attempts.Increment(countCtx, req.RequestID)
+	span.End()
 	if cerr != nil {
 		return w.retry(ctx, base, cerr)
 	}
@@ -280,7 +337,7 @@ func (w *Worker) publishPersistently(ctx context.Context, ev *messages.Event) er
 		if err == nil {
 			return nil
 		}
-		w.log.Warn("event not stored yet, retrying", "requestId", ev.RequestID, "type", ev.Type, "error", err)
+		w.log.WarnContext(ctx, "event not stored yet, retrying", "requestId", ev.RequestID, "type", ev.Type, "error", err)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

@@ -11,6 +11,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
@@ -60,6 +64,10 @@ type Config struct {
 	Topology                broker.Topology
 	Logger                  *slog.Logger
 	Now                     func() time.Time
+	// TracerProvider and MeterProvider receive the worker's spans and
+	// metrics (nil: none).
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
 }
 
 // Deps are the parts a Worker drives.
@@ -74,14 +82,19 @@ type Deps struct {
 	BreakerOpen      func() bool
 	CredentialsValid func() bool
 	Connected        func() bool
+	// Pending reports the request consumer's backlog (messages not yet
+	// delivered) for the consumer-pending gauge; nil: not reported.
+	Pending func(ctx context.Context) (uint64, error)
 }
 
 // Worker processes run requests. Create it with New, start it with Run.
 type Worker struct {
-	cfg  Config
-	deps Deps
-	log  *slog.Logger
-	now  func() time.Time
+	cfg     Config
+	deps    Deps
+	log     *slog.Logger
+	now     func() time.Time
+	tracer  trace.Tracer
+	metrics *instruments
 
 	inflight     sync.WaitGroup
 	running      atomic.Bool
@@ -132,7 +145,12 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	if deps.BreakerOpen == nil {
 		deps.BreakerOpen = func() bool { return false }
 	}
-	w := &Worker{cfg: cfg, deps: deps, log: cfg.Logger, now: cfg.Now}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = tracenoop.NewTracerProvider()
+	}
+	w := &Worker{cfg: cfg, deps: deps, log: cfg.Logger, now: cfg.Now,
+		tracer: cfg.TracerProvider.Tracer(scope)}
+	w.metrics = newInstruments(cfg.MeterProvider, deps.Pending)
 	w.pausedFor.Store("")
 	return w, nil
 }
@@ -241,9 +259,11 @@ func (w *Worker) fetchLoop(ctx, workCtx context.Context) {
 				continue
 			}
 			w.inflight.Add(1)
+			w.metrics.inflight.Add(ctx, 1)
 			go func() {
 				defer w.inflight.Done()
 				defer func() { <-slots }()
+				defer w.metrics.inflight.Add(context.Background(), -1)
 				w.handle(workCtx, msg)
 			}()
 		}

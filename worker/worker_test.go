@@ -86,7 +86,7 @@ func newEnv(t *testing.T, tl Talend, tune func(*Config)) *env {
 		tune(&cfg)
 	}
 	w, err := New(cfg, Deps{
-		Talend: tl, Events: broker.NewPublisher(js, topo, "test", nil),
+		Talend: tl, Events: broker.NewPublisher(js, topo, "test", nil, nil),
 		Attempts: broker.NewAttempts(kv), Requests: requests, Timers: timers,
 	})
 	if err != nil {

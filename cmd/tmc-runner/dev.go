@@ -79,12 +79,18 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg.Worker.AdminAddr = *adminAddr
 	cfg.Worker.Provision = true
 
+	// OTEL_TRACES_EXPORTER=console prints spans to the terminal.
+	tracing, flush, err := setupTracing(ctx, log, stderr)
+	if err != nil {
+		return err
+	}
+	defer flush()
 	nc, err := connect(cfg.NATS, "tmc-runner dev")
 	if err != nil {
 		return err
 	}
 	defer drain(nc)
-	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log})
+	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log, TracerProvider: tracing.Provider})
 	if err != nil {
 		return err
 	}
@@ -95,7 +101,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fmt.Fprintf(stdout, `tmc-runner dev is running (Ctrl-C to stop)
   NATS       %s  (JetStream data in %s)
   Talend     simulator at %s, knows every executable
-  admin      http://%s/readyz
+  admin      http://%s/readyz  /metrics
 Submit a run from another terminal:
   go run ./cmd/tmc-runner %s
 `, srv.URL(), filepath.Join(*dir, "nats"), cfg.Talend.APIURL, r.AdminAddr(), submitHint[len("tmc-runner "):])

@@ -14,9 +14,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/messages"
+	"github.com/tmc-runner/tmc-runner/telemetry"
 )
 
 // Exit codes of `submit --wait`, one per way a request can end.
@@ -130,7 +134,26 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	msg := &nats.Msg{Subject: topo.RequestSubject(*route), Header: nats.Header{}, Data: data}
 	msg.Header.Set(nats.MsgIdHdr, id)
 	msg.Header.Set("Content-Type", "application/json")
-	if _, err := js.PublishMsg(ctx, msg); err != nil {
+	// submit starts the request's trace: the worker continues it from the
+	// traceparent header.
+	tracing, flush, err := setupTracing(ctx, nil, stderr)
+	if err != nil {
+		return err
+	}
+	defer flush()
+	spanCtx, span := tracing.Provider.Tracer("github.com/tmc-runner/tmc-runner/cmd/tmc-runner").Start(ctx,
+		"send "+msg.Subject, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
+			semconv.MessagingSystemKey.String("nats"),
+			semconv.MessagingOperationTypeSend,
+			semconv.MessagingDestinationName(msg.Subject),
+			semconv.MessagingMessageID(id)))
+	telemetry.Inject(spanCtx, msg.Header)
+	_, err = js.PublishMsg(spanCtx, msg)
+	if err != nil {
+		span.SetStatus(codes.Error, "publish failed")
+	}
+	span.End()
+	if err != nil {
 		return fmt.Errorf("publish request to %s: %w", msg.Subject, err)
 	}
 	fmt.Fprintln(stdout, id)

@@ -31,12 +31,17 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	tracing, flush, err := setupTracing(ctx, log, stderr)
+	if err != nil {
+		return err
+	}
+	defer flush()
 	nc, err := connect(cfg.NATS, "tmc-runner worker")
 	if err != nil {
 		return err
 	}
 	defer drain(nc)
-	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log})
+	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log, TracerProvider: tracing.Provider})
 	if err != nil {
 		return err
 	}
