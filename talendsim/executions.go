@@ -528,13 +528,25 @@ func (s *Simulator) lookupLocked(id, kind string) (*execution, bool) {
 	return e, true
 }
 
+// readableLocked is lookupLocked for status reads: during Options.StatusLag
+// after its trigger an execution is not yet in Talend's read model, so it
+// is not found, exactly as an unknown id would be.
+func (s *Simulator) readableLocked(id, kind string, now time.Time) (*execution, bool) {
+	e, ok := s.lookupLocked(id, kind)
+	if ok && s.opts.StatusLag > 0 && now.Before(e.trigger.Add(s.opts.StatusLag)) {
+		return nil, false
+	}
+	return e, ok
+}
+
 // handleGetTaskExecution serves GET /processing/executions/{executionId}.
 func (s *Simulator) handleGetTaskExecution(w http.ResponseWriter, _ *http.Request, params map[string]string) {
 	s.mu.Lock()
-	e, ok := s.lookupLocked(params["executionId"], kindTask)
+	now := s.now()
+	e, ok := s.readableLocked(params["executionId"], kindTask, now)
 	var body jobExecutionStatus
 	if ok {
-		body = e.jobStatus(s.now())
+		body = e.jobStatus(now)
 	}
 	s.mu.Unlock()
 	if !ok {
@@ -566,10 +578,11 @@ func (s *Simulator) handleDeleteTaskExecution(w http.ResponseWriter, _ *http.Req
 // handleGetPlanExecution serves GET /processing/executions/plans/{planExecutionId}.
 func (s *Simulator) handleGetPlanExecution(w http.ResponseWriter, _ *http.Request, params map[string]string) {
 	s.mu.Lock()
-	e, ok := s.lookupLocked(params["planExecutionId"], kindPlan)
+	now := s.now()
+	e, ok := s.readableLocked(params["planExecutionId"], kindPlan, now)
 	var body planStatus
 	if ok {
-		body = e.planStatus(s.now())
+		body = e.planStatus(now)
 	}
 	s.mu.Unlock()
 	if !ok {

@@ -51,7 +51,14 @@ type Options struct {
 	// ListLag delays the appearance of an execution in list endpoints,
 	// as the real service does; default 0.
 	ListLag time.Duration
-	// Clock replaces time.Now, for deterministic tests.
+	// StatusLag makes GET /processing/executions/{id} and GET
+	// /processing/executions/plans/{id} answer 404 for this long after an
+	// execution's trigger time: Talend's read model lags right after a
+	// start, and a client must not take that 404 as "no such run".
+	// Default 0. DELETE is not affected.
+	StatusLag time.Duration
+	// Clock replaces time.Now, for deterministic tests, or for
+	// time-compressed experiments with ScaledClock.
 	Clock func() time.Time
 }
 
@@ -82,6 +89,11 @@ type Stats struct {
 	// requests to unknown paths are counted under "*".
 	Calls        map[string]int
 	Unauthorized int // API calls answered 401
+	// APICalls counts every answered call to a /processing/ or
+	// /monitoring/ path (unknown paths under them included, the token
+	// endpoint excluded): the calls Talend's rate limits count, so an
+	// experiment can compute Talend calls per execution.
+	APICalls int
 	MaxRunning   int // most executions running (dispatching/executing) at once
 }
 
@@ -145,6 +157,27 @@ func New(opts Options) *Simulator {
 var _ http.Handler = (*Simulator)(nil)
 
 func (s *Simulator) now() time.Time { return s.opts.Clock() }
+
+// ScaledClock returns a clock for Options.Clock on which simulated time
+// starts at start and runs factor times faster than real time: with factor
+// 60, a task whose RunFor is 10 minutes ends after 10 real seconds. It lets
+// experiments about long runs (follow-up polling, list windows, token
+// lifetimes) finish in seconds while every duration the simulator compares
+// stays in simulated time. Only the simulator's own reckoning is
+// compressed: Options.Latency, fault delays and the client's timers still
+// run in real time, so a client polling every real second sees factor
+// simulated seconds pass between polls. factor must be positive.
+func ScaledClock(start time.Time, factor float64) func() time.Time {
+	if factor <= 0 {
+		panic("talendsim: ScaledClock factor must be positive")
+	}
+	// time.Since uses the monotonic reading of origin, so wall-clock jumps
+	// on the host do not move simulated time.
+	origin := time.Now()
+	return func() time.Time {
+		return start.Add(time.Duration(float64(time.Since(origin)) * factor))
+	}
+}
 
 // SetBehaviour sets how runs of executable answer and end. Unless b.Missing,
 // it also makes the executable known, as a task and as a plan, so a test
@@ -289,7 +322,7 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rt != nil {
 		template = rt.template
 	}
-	defer s.recordCall(r.Method, template, rec)
+	defer s.recordCall(r.Method, template, r.URL.Path, rec)
 
 	s.mu.Lock()
 	latency := s.latency
@@ -326,13 +359,16 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h(s, rec, r, params)
 }
 
-func (s *Simulator) recordCall(method, template string, rec *statusRecorder) {
+func (s *Simulator) recordCall(method, template, path string, rec *statusRecorder) {
 	if rec.status == 0 {
 		return // the client went away before we answered
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stats.Calls[method+" "+template+" "+strconv.Itoa(rec.status)]++
+	if strings.HasPrefix(path, "/processing/") || strings.HasPrefix(path, "/monitoring/") {
+		s.stats.APICalls++
+	}
 	if rec.status == http.StatusUnauthorized && template != "/security/oauth/token" {
 		s.stats.Unauthorized++
 	}

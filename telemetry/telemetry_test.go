@@ -52,6 +52,8 @@ func TestNewTracingFromEnvironment(t *testing.T) {
 		{"explicit none", map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"}, "none", false},
 		{"unknown exporter", map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, "", true},
 		{"unknown protocol", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "", true},
+		{"two exporters", map[string]string{"OTEL_TRACES_EXPORTER": "console,otlp"}, "", true},
+		{"protocol in capitals", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": " GRPC"}, "otlp/grpc", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

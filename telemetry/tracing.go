@@ -72,7 +72,11 @@ func NewTracing(ctx context.Context, opts TracingOptions) (*Tracing, error) {
 	if strings.EqualFold(strings.TrimSpace(getenv("OTEL_SDK_DISABLED")), "true") {
 		return &Tracing{Provider: noop.NewTracerProvider(), Exporter: "none"}, nil
 	}
-	exporterName := strings.TrimSpace(strings.Split(getenv("OTEL_TRACES_EXPORTER"), ",")[0])
+	exporters := strings.Split(strings.ToLower(getenv("OTEL_TRACES_EXPORTER")), ",")
+	if len(exporters) > 1 {
+		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: tmc-runner supports one exporter", getenv("OTEL_TRACES_EXPORTER"))
+	}
+	exporterName := strings.TrimSpace(exporters[0])
 	if exporterName == "" {
 		exporterName = "none"
 		if getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" {
@@ -88,7 +92,7 @@ func NewTracing(ctx context.Context, opts TracingOptions) (*Tracing, error) {
 		if protocol == "" {
 			protocol = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
 		}
-		switch protocol {
+		switch strings.ToLower(strings.TrimSpace(protocol)) {
 		case "", "http/protobuf":
 			exporter, err = otlptracehttp.New(ctx)
 			exporterName = "otlp/http"
@@ -129,7 +133,11 @@ func NewTracing(ctx context.Context, opts TracingOptions) (*Tracing, error) {
 		tpOpts = append(tpOpts, sdktrace.WithSpanProcessor(opts.Processor))
 	}
 	tp := sdktrace.NewTracerProvider(tpOpts...)
-	return &Tracing{Provider: tp, Exporter: exporterName, shutdown: tp.Shutdown}, nil
+	return &Tracing{Provider: tp, Exporter: exporterName, shutdown: func(ctx context.Context) error {
+		// Shutdown alone hands the last export's error to otel's global
+		// handler and returns nil: flush first to see it.
+		return errors.Join(tp.ForceFlush(ctx), tp.Shutdown(ctx))
+	}}, nil
 }
 
 func newResource(ctx context.Context, serviceName string) (*resource.Resource, error) {

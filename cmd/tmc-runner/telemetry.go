@@ -22,6 +22,11 @@ func setupTracing(ctx context.Context, log *slog.Logger, console io.Writer) (*te
 	otel.SetTracerProvider(tracing.Provider)
 	otel.SetTextMapPropagator(telemetry.Propagator)
 	if log != nil {
+		// Export failures would otherwise be printed by otel's default
+		// handler as plain text in the middle of the JSON log.
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+			log.Warn("telemetry export failed", "error", err)
+		}))
 		log.Info("tracing", "exporter", tracing.Exporter)
 	}
 	return tracing, func() {
