@@ -337,7 +337,9 @@ func (w *Worker) publishPersistently(ctx context.Context, ev *messages.Event) er
 		if err == nil {
 			return nil
 		}
-		w.log.WarnContext(ctx, "event not stored yet, retrying", "requestId", ev.RequestID, "type", ev.Type, "error", err)
+		if delay == 50*time.Millisecond { // one line per decision, not per iteration
+			w.log.WarnContext(ctx, "event not stored yet, retrying until it is", "requestId", ev.RequestID, "type", ev.Type, "error", err)
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
