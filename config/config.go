@@ -64,6 +64,15 @@ type Worker struct {
 	BackoffMax         time.Duration `env:"TMC_BACKOFF_MAX" envDefault:"5m"`
 	MaxBody            int           `env:"TMC_MAX_BODY" envDefault:"65536"`
 	ReadyBreakerClosed bool          `env:"TMC_READY_REQUIRES_BREAKER_CLOSED" envDefault:"false"`
+	AwaitResult        bool          `env:"TMC_AWAIT_RESULT" envDefault:"true"`
+	FollowMinInterval  time.Duration `env:"TMC_FOLLOW_MIN_INTERVAL" envDefault:"2s"`
+	FollowMaxInterval  time.Duration `env:"TMC_FOLLOW_MAX_INTERVAL" envDefault:"30s"`
+	FollowStartupLag   time.Duration `env:"TMC_FOLLOW_STARTUP_LAG" envDefault:"30s"`
+	FollowDeadline     time.Duration `env:"TMC_FOLLOW_DEADLINE" envDefault:"24h"`
+	FollowMargin       time.Duration `env:"TMC_FOLLOW_MARGIN" envDefault:"10m"`
+	FollowLeaseTTL     time.Duration `env:"TMC_FOLLOW_LEASE_TTL" envDefault:"15s"`
+	ResultLogLines     int           `env:"TMC_RESULT_LOG_LINES" envDefault:"20"`
+	RejectedIsOK       bool          `env:"TMC_REJECTED_IS_OK" envDefault:"true"`
 	LogLevel           string        `env:"TMC_LOG_LEVEL" envDefault:"info"`
 	LogFormat          string        `env:"TMC_LOG_FORMAT" envDefault:"json"`
 
@@ -133,6 +142,15 @@ func (c Config) problems() []string {
 	}
 	if w.AckWait < time.Second {
 		p = append(p, "TMC_ACK_WAIT: must be at least 1s")
+	}
+	if w.FollowMinInterval <= 0 || w.FollowMaxInterval < w.FollowMinInterval {
+		p = append(p, "TMC_FOLLOW_MIN_INTERVAL/TMC_FOLLOW_MAX_INTERVAL: need 0 < min <= max")
+	}
+	if w.FollowLeaseTTL < 3*time.Second {
+		p = append(p, "TMC_FOLLOW_LEASE_TTL: must be at least 3s (far above scheduling jitter)")
+	}
+	if w.ResultLogLines < 0 || w.ResultLogLines > 200 {
+		p = append(p, "TMC_RESULT_LOG_LINES: must be between 0 (off) and 200")
 	}
 	if w.MaxBody < 256 {
 		p = append(p, "TMC_MAX_BODY: must be at least 256 bytes")

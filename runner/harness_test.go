@@ -113,6 +113,9 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 		"TMC_BACKOFF_MAX":      "400ms",
 		"TMC_BREAKER_OPEN_FOR": "500ms",
 		"TMC_SHUTDOWN_GRACE":   "5s",
+		// The start path is what most tests look at; follow tests turn
+		// results on.
+		"TMC_AWAIT_RESULT": "false",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -283,6 +286,9 @@ func (h *harness) waitTerminal(timeout time.Duration, ids ...string) map[string]
 
 func hasTerminal(evs []*messages.Event) bool {
 	for _, e := range evs {
+		if e.Type == messages.Accepted && e.Followed != nil && *e.Followed {
+			continue // a result is still to come
+		}
 		if terminalTypes[e.Type] {
 			return true
 		}

@@ -6,11 +6,13 @@ package runner
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -25,11 +27,20 @@ import (
 
 	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/config"
+	"github.com/tmc-runner/tmc-runner/follow"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
 	"github.com/tmc-runner/tmc-runner/telemetry"
 	"github.com/tmc-runner/tmc-runner/worker"
 )
+
+// holderID names this replica in leases: host, process and a random part.
+func holderID() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%x", host, os.Getpid(), b)
+}
 
 // talendRoute names a Talend API path without its ids, for span names.
 func talendRoute(path string) string {
@@ -60,19 +71,22 @@ type Options struct {
 	// AdminListener, when set, serves /healthz and /readyz instead of
 	// listening on Config.Worker.AdminAddr (tests pass one on port 0).
 	AdminListener net.Listener
-	// Tune adjusts the worker configuration (tests shorten delays).
-	Tune func(*worker.Config)
+	// Tune and TuneFollow adjust the worker and follower configuration
+	// (tests shorten delays; experiments scale time).
+	Tune       func(*worker.Config)
+	TuneFollow func(*follow.Config)
 }
 
 // Runner is one assembled worker process.
 type Runner struct {
-	opts    Options
-	log     *slog.Logger
-	client  *talend.Client
-	breaker *talend.Breaker
-	worker  *worker.Worker
-	admin   *http.Server
-	adminLn net.Listener
+	opts     Options
+	log      *slog.Logger
+	client   *talend.Client
+	breaker  *talend.Breaker
+	worker   *worker.Worker
+	follower *follow.Follower
+	admin    *http.Server
+	adminLn  net.Listener
 }
 
 // New provisions (unless disabled) and wires everything; Run starts it.
@@ -180,7 +194,30 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
+	publisher := broker.NewPublisher(js, topo, cfg.Worker.EventSource, tp, mp)
+	fcfg := follow.Config{
+		MinInterval:    cfg.Worker.FollowMinInterval,
+		MaxInterval:    cfg.Worker.FollowMaxInterval,
+		StartupLag:     cfg.Worker.FollowStartupLag,
+		LeaseTTL:       cfg.Worker.FollowLeaseTTL,
+		LogLines:       cfg.Worker.ResultLogLines,
+		RejectedIsOK:   cfg.Worker.RejectedIsOK,
+		Holder:         holderID(),
+		Logger:         log,
+		TracerProvider: tp,
+		MeterProvider:  mp,
+	}
+	if cfg.Worker.ResultLogLines == 0 {
+		fcfg.LogLines = -1
+	}
+	if opts.TuneFollow != nil {
+		opts.TuneFollow(&fcfg)
+	}
+	r.follower = follow.New(fcfg, kv, r.client, publisher)
 	wcfg := worker.Config{
+		AwaitResult:             cfg.Worker.AwaitResult,
+		FollowDeadline:          cfg.Worker.FollowDeadline,
+		FollowMargin:            cfg.Worker.FollowMargin,
 		Concurrency:             cfg.Worker.Concurrency,
 		AckWait:                 requests.CachedInfo().Config.AckWait,
 		ShutdownGrace:           cfg.Worker.ShutdownGrace,
@@ -201,8 +238,10 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	}
 	r.worker, err = worker.New(wcfg, worker.Deps{
 		Talend:           r.client,
-		Events:           broker.NewPublisher(js, topo, cfg.Worker.EventSource, tp, mp),
+		Events:           publisher,
 		Attempts:         broker.NewAttempts(kv),
+		Follower:         r.follower,
+		Cancels:          broker.NewCancels(kv),
 		Requests:         requests,
 		Timers:           timers,
 		BreakerOpen:      r.breaker.Open,
@@ -249,7 +288,14 @@ func (r *Runner) Run(ctx context.Context) error {
 		adminDone = make(chan error, 1)
 		go func() { adminDone <- r.admin.Serve(r.adminLn) }()
 	}
+	followCtx, stopFollowing := context.WithCancel(ctx)
+	followDone := make(chan error, 1)
+	go func() { followDone <- r.follower.Run(followCtx) }()
 	err := r.worker.Run(ctx)
+	stopFollowing()
+	if ferr := <-followDone; ferr != nil {
+		err = errors.Join(err, ferr)
+	}
 	if r.admin != nil {
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = r.admin.Shutdown(shutdownCtx)

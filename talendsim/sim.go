@@ -93,8 +93,8 @@ type Stats struct {
 	// /monitoring/ path (unknown paths under them included, the token
 	// endpoint excluded): the calls Talend's rate limits count, so an
 	// experiment can compute Talend calls per execution.
-	APICalls int
-	MaxRunning   int // most executions running (dispatching/executing) at once
+	APICalls   int
+	MaxRunning int // most executions running (dispatching/executing) at once
 }
 
 // Simulator is a fake Talend Cloud API. Create it with New; it is safe for

@@ -29,6 +29,10 @@ const (
 	outShutdown  = "shutdown"  // unfinished at shutdown: given back at once
 	outPanic     = "panic"
 	outIgnored   = "ignored"
+	// outCancelled: a cancellation was carried out (or found nothing left
+	// to do); outCancelPending: it waits for its request to have an outcome.
+	outCancelled     = "cancelled"
+	outCancelPending = "cancel_pending"
 )
 
 // decision is the single result of processing one message.
@@ -81,7 +85,7 @@ func (w *Worker) apply(ctx context.Context, msg jetstream.Msg, d decision) {
 	switch d.outcome {
 	case outRejected, outFailed, outAttempt, outPanic:
 		level = slog.LevelWarn
-	case outRetry, outDuplicate, outShutdown:
+	case outRetry, outDuplicate, outShutdown, outCancelPending:
 		level = slog.LevelDebug
 		if d.outcome == outRetry && d.attempt == 1 {
 			level = slog.LevelInfo // first sign of trouble is worth a line

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/follow"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
 	"github.com/tmc-runner/tmc-runner/telemetry"
@@ -131,9 +132,7 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) decision {
 	attempt := int(meta.NumDelivered)
 	subject := msg.Subject()
 	if w.cfg.Topology.IsCancelSubject(subject) {
-		// Cancellation arrives with the result issue; acking keeps the
-		// work-queue from filling up meanwhile.
-		return decision{act: actAck, outcome: outIgnored, attempt: attempt, err: "cancellation is not supported yet"}
+		return w.cancel(ctx, subject, attempt)
 	}
 	header := msg.Headers()
 	src := messages.Source{
@@ -170,6 +169,15 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) decision {
 		base.act, base.outcome = actAck, outParked
 		return base
 	}
+	if w.deps.Cancels != nil {
+		cancelled, err := w.deps.Cancels.Cancelled(ctx, req.RequestID)
+		if err != nil {
+			return w.retry(ctx, base, err)
+		}
+		if cancelled {
+			return w.fail(ctx, &req, orig, base, messages.ReasonCancelled, "cancelled before the run started", nil)
+		}
+	}
 	if w.cfg.MaxAge > 0 && now.Sub(meta.Timestamp) > w.cfg.MaxAge {
 		return w.fail(ctx, &req, orig, base, messages.ReasonExpired,
 			fmt.Sprintf("request waited longer than %s without starting", w.cfg.MaxAge), nil)
@@ -180,19 +188,53 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) decision {
 		return w.afterError(ctx, &req, orig, base, err)
 	}
 	base.executionID = executionID
-	ev := messages.NewEvent(messages.Accepted, &req, attempt, w.now())
+	acceptedAt := w.now()
+	ev := messages.NewEvent(messages.Accepted, &req, attempt, acceptedAt)
 	ev.ExecutionID = executionID
-	followed := false
+	followed := w.followed(&req)
 	ev.Followed = &followed
-	// The run has started: its event must be stored before the ack, and a
-	// nak now would start it a second time, so keep trying while the
-	// message is kept alive.
-	if err := w.publishPersistently(ctx, ev); err != nil {
+	// The run has started: its event (and its follow-up) must be stored
+	// before the ack, and a nak now would start it a second time, so keep
+	// trying while the message is kept alive.
+	if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Events.Event(ctx, ev) }); err != nil {
 		base.act, base.outcome, base.err = actNak, outShutdown, "accepted event not stored: "+err.Error()
 		return base
 	}
+	if followed {
+		rec := w.followRecord(&req, attempt, executionID, acceptedAt)
+		if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Follower.Track(ctx, rec) }); err != nil {
+			base.act, base.outcome, base.err = actNak, outShutdown, "follow-up not registered: "+err.Error()
+			return base
+		}
+	}
 	base.act, base.outcome = actAck, outAccepted
 	return base
+}
+
+// followed says whether the request's execution is followed to a result.
+func (w *Worker) followed(req *messages.Request) bool {
+	if w.deps.Follower == nil {
+		return false
+	}
+	if req.AwaitResult != nil {
+		return *req.AwaitResult
+	}
+	return w.cfg.AwaitResult
+}
+
+// followRecord is what the follower needs to report on the execution. Its
+// deadline is at least the request's timeout plus a margin.
+func (w *Worker) followRecord(req *messages.Request, attempt int, executionID string, acceptedAt time.Time) follow.Record {
+	deadline := w.cfg.FollowDeadline
+	if req.Timeout > 0 {
+		// Clamp: Talend's timeout is an int32 of minutes.
+		deadline = time.Duration(min(req.Timeout, 100*365*24*60)) * time.Minute
+	}
+	return follow.Record{
+		RequestID: req.RequestID, Route: req.Route, Executable: req.Executable, Kind: req.Kind,
+		ExecutionID: executionID, Attempt: attempt, RedriveOf: req.RedriveOf, Metadata: req.Metadata,
+		AcceptedAt: acceptedAt, Deadline: acceptedAt.Add(deadline + w.cfg.FollowMargin),
+	}
 }
 
 // start calls Talend for the request.
@@ -217,7 +259,21 @@ func (w *Worker) recorded(ctx context.Context, req *messages.Request, orig broke
 		return w.retry(ctx, base, err), true
 	}
 	if accepted != nil {
-		base.act, base.outcome, base.executionID = actAck, outDuplicate, accepted.ExecutionID
+		base.executionID = accepted.ExecutionID
+		if accepted.Followed != nil && *accepted.Followed && w.deps.Follower != nil {
+			// A crash may have come between the event and the follow-up:
+			// register it again unless the result is already out.
+			result, err := w.deps.Events.FindEvent(ctx, req.Route, req.RequestID, messages.Result)
+			if err != nil {
+				return w.retry(ctx, base, err), true
+			}
+			if result == nil {
+				if err := w.deps.Follower.Track(ctx, w.followRecord(req, accepted.Attempt, accepted.ExecutionID, accepted.Time)); err != nil {
+					return w.retry(ctx, base, err), true
+				}
+			}
+		}
+		base.act, base.outcome = actAck, outDuplicate
 		return base, true
 	}
 	failed, err := w.deps.Events.FindEvent(ctx, req.Route, req.RequestID, messages.Failed)
@@ -329,16 +385,17 @@ func (w *Worker) fail(ctx context.Context, req *messages.Request, orig broker.Or
 	return base
 }
 
-// publishPersistently retries an event until it is stored or ctx ends.
-func (w *Worker) publishPersistently(ctx context.Context, ev *messages.Event) error {
+// persist retries a write until it succeeds or ctx ends (the grace period
+// at shutdown), logging the first failure only.
+func (w *Worker) persist(ctx context.Context, write func(context.Context) error) error {
 	delay := 50 * time.Millisecond
 	for {
-		err := w.deps.Events.Event(ctx, ev)
+		err := write(ctx)
 		if err == nil {
 			return nil
 		}
-		if delay == 50*time.Millisecond { // one line per decision, not per iteration
-			w.log.WarnContext(ctx, "event not stored yet, retrying until it is", "requestId", ev.RequestID, "type", ev.Type, "error", err)
+		if delay == 50*time.Millisecond {
+			w.log.WarnContext(ctx, "write not stored yet, retrying until it is", "error", err)
 		}
 		t := time.NewTimer(delay)
 		select {

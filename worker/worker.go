@@ -16,6 +16,7 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/follow"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
 )
@@ -26,6 +27,19 @@ type Talend interface {
 	RunPlan(ctx context.Context, planID string) (string, error)
 	// Probe makes a cheap read, used to close an open breaker.
 	Probe(ctx context.Context) error
+	// StopExecution stops a running task execution (cancellation).
+	StopExecution(ctx context.Context, executionID string) error
+}
+
+// Follower registers accepted executions to be followed to their end.
+type Follower interface {
+	Track(ctx context.Context, rec follow.Record) error
+}
+
+// Cancels records and reads cancellation marks.
+type Cancels interface {
+	Mark(ctx context.Context, requestID string) error
+	Cancelled(ctx context.Context, requestID string) (bool, error)
 }
 
 // Events is what the worker needs to write to JetStream.
@@ -57,6 +71,12 @@ type Config struct {
 	BackoffMin    time.Duration // first nak delay (default 1s)
 	BackoffMax    time.Duration // largest nak delay (default 5m)
 	FetchWait     time.Duration // longest wait of one pull (default 1s)
+	// AwaitResult is what a request without awaitResult gets: follow its
+	// execution to a result event (true) or end at accepted (false).
+	AwaitResult bool
+	// FollowDeadline bounds a follow-up when the request sets no timeout;
+	// FollowMargin is added to the request's timeout (defaults 24h, 10m).
+	FollowDeadline, FollowMargin time.Duration
 	// ReadyNeedsBreakerClosed makes an open breaker fail readiness.
 	ReadyNeedsBreakerClosed bool
 	StreamCreated           time.Time // of the request stream, for fallback requestIds
@@ -75,8 +95,10 @@ type Deps struct {
 	Talend   Talend
 	Events   Events
 	Attempts AttemptCounter
-	Requests Fetcher // the shared durable consumer of TMC_RUNS
-	Timers   Fetcher // the durable consumer of due timers
+	Follower Follower // nil: nothing is followed
+	Cancels  Cancels  // nil: cancellations are not supported
+	Requests Fetcher  // the shared durable consumer of TMC_RUNS
+	Timers   Fetcher  // the durable consumer of due timers
 	// BreakerOpen and CredentialsValid gate fetching; Connected feeds
 	// readiness. Nil means "fine".
 	BreakerOpen      func() bool
@@ -124,6 +146,12 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	}
 	if cfg.BackoffMax < cfg.BackoffMin {
 		cfg.BackoffMax = max(5*time.Minute, cfg.BackoffMin)
+	}
+	if cfg.FollowDeadline <= 0 {
+		cfg.FollowDeadline = 24 * time.Hour
+	}
+	if cfg.FollowMargin <= 0 {
+		cfg.FollowMargin = 10 * time.Minute
 	}
 	if cfg.FetchWait <= 0 {
 		cfg.FetchWait = time.Second

@@ -48,6 +48,8 @@ func (f *fakeTalend) RunPlan(ctx context.Context, id string) (string, error) {
 
 func (f *fakeTalend) Probe(context.Context) error { return nil }
 
+func (f *fakeTalend) StopExecution(context.Context, string) error { return nil }
+
 type env struct {
 	js   jetstream.JetStream
 	topo broker.Topology

@@ -29,6 +29,8 @@ commands:
   worker      a production worker (NATS_URL and Talend credentials required)
   provision   create or verify streams, consumers and the claims bucket
   submit      publish one run request; --wait prints its events until the end
+  status      a request's events so far: tmc-runner status ID [--route R]
+  cancel      cancel a request or stop its run: tmc-runner cancel ID [--route R] [--wait]
   simulator   the Talend Cloud API simulator alone
 
 Configuration comes from the environment; see README.md.
@@ -66,6 +68,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runProvision(ctx, rest, stdout)
 	case "submit":
 		return runSubmit(ctx, rest, stdout, stderr)
+	case "status":
+		return runStatus(ctx, rest, stdout, stderr)
+	case "cancel":
+		return runCancel(ctx, rest, stdout, stderr)
 	case "simulator":
 		return runSimulator(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":

@@ -173,16 +173,25 @@ func TestDevAndSubmitDefaultsMeet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("submit: %v\n%s\ndev output:\n%s", err, out, dev.output())
 	}
+	// The requestId, then the events as JSON lines: accepted (followed by
+	// default), status changes, and the result.
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("submit printed %d lines, want the requestId and one event:\n%s", len(lines), out)
+	if len(lines) < 3 {
+		t.Fatalf("submit printed %d lines, want the requestId, accepted ... result:\n%s", len(lines), out)
 	}
-	ev, err := messages.DecodeEvent([]byte(lines[1]))
+	accepted, err := messages.DecodeEvent([]byte(lines[1]))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.Type != messages.Accepted || ev.ExecutionID == "" || ev.RequestID != lines[0] {
-		t.Errorf("event %+v, want accepted with an executionId for %s", ev, lines[0])
+	if accepted.Type != messages.Accepted || accepted.ExecutionID == "" || accepted.RequestID != lines[0] {
+		t.Errorf("first event %+v, want accepted with an executionId for %s", accepted, lines[0])
+	}
+	result, err := messages.DecodeEvent([]byte(lines[len(lines)-1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if result.Type != messages.Result || result.OK == nil || !*result.OK || result.ExecutionID != accepted.ExecutionID {
+		t.Errorf("last event %+v, want an ok result of the same execution", result)
 	}
 	if !strings.Contains(dev.output(), "submit --executable any-task-id --wait") {
 		t.Errorf("dev did not print how to submit:\n%s", dev.output())
@@ -309,7 +318,7 @@ func (w *workerEnv) events(t *testing.T) map[string][]*messages.Event {
 // a second worker finishes the rest. No request is lost or run twice.
 func TestWorkerSIGTERMLosesNothing(t *testing.T) {
 	w := newWorkerEnv(t, 800*time.Millisecond)
-	first := start(t, w.env("TMC_CONCURRENCY=6", "TMC_SHUTDOWN_GRACE=10s", "TMC_LOG_LEVEL=debug"), "worker")
+	first := start(t, w.env("TMC_AWAIT_RESULT=false", "TMC_CONCURRENCY=6", "TMC_SHUTDOWN_GRACE=10s", "TMC_LOG_LEVEL=debug"), "worker")
 	first.waitFor(t, 30*time.Second, "worker started")
 	const n = 30
 	for i := range n {
@@ -342,7 +351,7 @@ func TestWorkerSIGTERMLosesNothing(t *testing.T) {
 		t.Fatalf("first worker: %d executions for %d accepted events (a call in flight was lost)", w.sim.Stats().ExecutionsTotal, accepted)
 	}
 
-	second := start(t, w.env("TMC_CONCURRENCY=16"), "worker")
+	second := start(t, w.env("TMC_AWAIT_RESULT=false", "TMC_CONCURRENCY=16"), "worker")
 	second.waitFor(t, 30*time.Second, "worker started")
 	deadline := time.Now().Add(60 * time.Second)
 	for {

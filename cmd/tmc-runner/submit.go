@@ -23,7 +23,9 @@ import (
 	"github.com/tmc-runner/tmc-runner/telemetry"
 )
 
-// Exit codes of `submit --wait`, one per way a request can end.
+// Exit codes of `submit --wait` (and `cancel --wait`), one per way a
+// request can end. An `accepted` event ends the wait only when the run is
+// not followed; a followed run ends with its `result`.
 const (
 	exitOK          = 0  // accepted (not followed), or result ok
 	exitFailed      = 10 // failed: Talend refused it, retries ran out, expired, cancelled
@@ -122,7 +124,10 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	// Subscribe before publishing, so not even the first event can be missed.
 	var events jetstream.Consumer
+	var prog *progress
 	if *wait {
+		// The clock starts here: elapsed time is time since submit.
+		prog = newProgress(id, stderr, isTerminal(stderr), time.Now)
 		events, err = js.OrderedConsumer(ctx, topo.EventsStream, jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{topo.EventsFilter(*route, id)},
 			DeliverPolicy:  jetstream.DeliverAllPolicy,
@@ -160,12 +165,13 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if !*wait {
 		return nil
 	}
-	return waitForEnd(ctx, events, *waitTimeout, stdout, stderr)
+	return waitForEnd(ctx, events, *waitTimeout, stdout, stderr, prog)
 }
 
 // waitForEnd prints events as JSON lines until the terminal one and maps
-// it to an exit code.
-func waitForEnd(ctx context.Context, events jetstream.Consumer, timeout time.Duration, stdout, stderr io.Writer) error {
+// it to an exit code. prog, when not nil, shows the request's state on
+// stderr meanwhile.
+func waitForEnd(ctx context.Context, events jetstream.Consumer, timeout time.Duration, stdout, stderr io.Writer, prog *progress) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	iter, err := events.Messages()
@@ -174,19 +180,37 @@ func waitForEnd(ctx context.Context, events jetstream.Consumer, timeout time.Dur
 	}
 	defer iter.Stop()
 	go func() { <-ctx.Done(); iter.Stop() }()
+	if prog != nil {
+		stopTicks := make(chan struct{})
+		defer close(stopTicks)
+		// Finish runs before the ticker stops (defers run last-in first-out
+		// and Finish marks the line done), so no redraw follows the newline.
+		defer prog.Finish()
+		prog.Begin()
+		go tickProgress(prog, stopTicks)
+	}
 	for {
 		m, err := iter.Next()
 		if err != nil {
+			if prog != nil {
+				prog.Finish() // the error message must start on its own line
+			}
 			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return &exitError{code: exitWaitTimeout, msg: fmt.Sprintf("no terminal event within %s", timeout)}
 			}
 			return err
 		}
-		fmt.Fprintln(stdout, string(m.Data()))
 		ev, err := messages.DecodeEvent(m.Data())
 		if err != nil {
+			fmt.Fprintln(stdout, string(m.Data()))
 			fmt.Fprintln(stderr, "tmc-runner: undecodable event:", err)
 			continue
+		}
+		print := func() { fmt.Fprintln(stdout, string(m.Data())) }
+		if prog != nil {
+			prog.Event(ev, print)
+		} else {
+			print()
 		}
 		if code, done := exitCodeOf(ev); done {
 			if code != exitOK {
