@@ -489,7 +489,7 @@ func (f *Follower) logs(ctx context.Context, rec Record) []messages.LogLine {
 	out := make([]messages.LogLine, 0, len(lines))
 	// Talend answers newest first; the result reads top to bottom.
 	for i := len(lines) - 1; i >= 0; i-- {
-		out = append(out, messages.LogLine{Severity: lines[i].Severity, Time: lines[i].Timestamp, Message: lines[i].Message})
+		out = append(out, messages.LogLine{Severity: lines[i].Severity, Time: lines[i].Time(), Message: lines[i].Message})
 	}
 	return out
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/config"
+	"github.com/tmc-runner/tmc-runner/follow"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/natsembed"
 	"github.com/tmc-runner/tmc-runner/talendsim"
@@ -53,6 +54,8 @@ type harness struct {
 	seen   map[string]bool
 
 	quiet bool // log warnings only (benchmarks)
+	// follow, when set, turns results on with these fast intervals.
+	follow *follow.Config
 	// spans records every span of the runner (nil in benchmarks: tracing
 	// off, as in production without OTEL_* settings).
 	spans  *tracetest.SpanRecorder
@@ -130,6 +133,9 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 func (h *harness) start(tune ...func(*config.Config)) {
 	h.t.Helper()
 	cfg := h.cfg
+	if h.follow != nil {
+		cfg.Worker.AwaitResult = true
+	}
 	for _, f := range tune {
 		f(&cfg)
 	}
@@ -151,6 +157,12 @@ func (h *harness) start(tune ...func(*config.Config)) {
 	r, err := New(ctx, Options{
 		Config: cfg, Conn: h.nc, Logger: log, AdminListener: ln, TracerProvider: tp,
 		Tune: func(c *worker.Config) { c.FetchWait = 200 * time.Millisecond },
+		TuneFollow: func(c *follow.Config) {
+			if h.follow != nil {
+				c.MinInterval, c.MaxInterval, c.StartupLag = h.follow.MinInterval, h.follow.MaxInterval, h.follow.StartupLag
+				c.LeaseTTL, c.Tick = h.follow.LeaseTTL, h.follow.Tick
+			}
+		},
 	})
 	if err != nil {
 		cancel()

@@ -64,10 +64,14 @@ type PlanExecution struct {
 
 // LogLine is one line of an execution's log.
 type LogLine struct {
-	Severity  string    `json:"severity"`
-	Timestamp time.Time `json:"logTimestamp"`
-	Message   string    `json:"logMessage"`
+	Severity string `json:"severity"`
+	// TimestampMillis is the spec's logTimestamp: epoch milliseconds.
+	TimestampMillis int64  `json:"logTimestamp"`
+	Message         string `json:"logMessage"`
 }
+
+// Time is the line's timestamp.
+func (l LogLine) Time() time.Time { return time.UnixMilli(l.TimestampMillis).UTC() }
 
 // GetExecution reads a task execution's status.
 func (c *Client) GetExecution(ctx context.Context, executionID string) (Execution, error) {
