@@ -5,7 +5,7 @@ GOBIN       := $(shell $(GO) env GOPATH)/bin
 STATICCHECK := $(GOBIN)/staticcheck
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: run build test test-quick lint fuzz bench-quick tools clean
+.PHONY: run build test test-quick lint fuzz bench-quick bench-follow tools clean
 
 ## run: the embedded default — NATS + JetStream, Talend simulator, worker
 run:
@@ -41,6 +41,10 @@ fuzz:
 ## bench-quick: requests/s through the whole pipeline at zero Talend latency
 bench-quick:
 	$(GO) test -run '^$$' -bench BenchmarkPipeline -benchtime 20000x -count 3 ./runner
+
+## bench-follow: Talend calls per followed execution and result delay (time-compressed)
+bench-follow:
+	TMC_BENCH=1 $(GO) test -run TestFollowEconomy -count=1 -v ./bench
 
 tools: $(STATICCHECK)
 $(STATICCHECK):

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tmc-runner/tmc-runner/messages"
+	"github.com/tmc-runner/tmc-runner/talendsim"
 )
 
 // runCmd runs the binary to its end and returns stdout, stderr and the
@@ -190,5 +191,41 @@ func TestCancelPublishes(t *testing.T) {
 	// code for it.
 	if _, errOut, code := runCmd(t, w.env(), "cancel", "cx-3", "--wait", "--wait-timeout", "1s"); code != exitWaitTimeout {
 		t.Errorf("cancel --wait without a worker: exit %d, want %d\n%s", code, exitWaitTimeout, errOut)
+	}
+}
+
+// A running request: status summarises it as running, and cancel --wait
+// stops the run and exits with the code of its (not ok) result.
+func TestStatusAndCancelOfRunningRequest(t *testing.T) {
+	w := newWorkerEnv(t, 0)
+	w.sim.SetBehaviour("long", talendsim.Behaviour{NeverEnds: true})
+	p := start(t, w.env(), "worker")
+	p.waitFor(t, 30*time.Second, "worker started")
+	if out, errOut, code := runCmd(t, w.env(), "submit", "--executable", "long", "--request-id", "run-1"); code != 0 {
+		t.Fatalf("submit: exit %d\n%s%s", code, out, errOut)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		evs := w.events(t)["run-1"]
+		if len(evs) > 0 && evs[len(evs)-1].Type == messages.Status && evs[len(evs)-1].Status == "executing" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no executing status event within 30s: %v\n%s", evs, p.output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, errOut, code := runCmd(t, w.env(), "status", "run-1"); code != 0 || !strings.Contains(errOut, "run-1: accepted, running (last status executing)") {
+		t.Errorf("status of a running request: exit %d, summary %q", code, errOut)
+	}
+
+	out, errOut, code := runCmd(t, w.env(), "cancel", "run-1", "--wait", "--wait-timeout", "30s")
+	if code != exitRunNotOK {
+		t.Fatalf("cancel --wait of a running request: exit %d, want %d\n%s%s\nworker:\n%s", code, exitRunNotOK, out, errOut, p.output())
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	ev, err := messages.DecodeEvent([]byte(lines[len(lines)-1]))
+	if err != nil || ev.Type != messages.Result || ev.Status != "terminated" {
+		t.Errorf("last event %+v (%v), want a result with status terminated", ev, err)
 	}
 }
