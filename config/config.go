@@ -45,6 +45,7 @@ type Talend struct {
 	ClientSecret     string        `env:"TALEND_CLIENT_SECRET"`
 	ClientSecretFile string        `env:"TALEND_CLIENT_SECRET_FILE"`
 	CAFile           string        `env:"TALEND_CA_FILE"`
+	ServiceUserID    string        `env:"TALEND_SERVICE_USER_ID"`
 	Timeout          time.Duration `env:"TMC_TALEND_TIMEOUT" envDefault:"30s"`
 	TokenRefresh     time.Duration `env:"TMC_TOKEN_REFRESH_BEFORE" envDefault:"5m"`
 	BreakerFailures  uint32        `env:"TMC_BREAKER_FAILURES" envDefault:"5"`
@@ -73,6 +74,11 @@ type Worker struct {
 	FollowLeaseTTL     time.Duration `env:"TMC_FOLLOW_LEASE_TTL" envDefault:"15s"`
 	ResultLogLines     int           `env:"TMC_RESULT_LOG_LINES" envDefault:"20"`
 	RejectedIsOK       bool          `env:"TMC_REJECTED_IS_OK" envDefault:"true"`
+	ClaimHeartbeat     time.Duration `env:"TMC_CLAIM_HEARTBEAT" envDefault:"5s"`
+	ClaimStale         time.Duration `env:"TMC_CLAIM_STALE" envDefault:"20s"`
+	ReconcileSettle    time.Duration `env:"TMC_RECONCILE_SETTLE" envDefault:"10s"`
+	ClockSkew          time.Duration `env:"TMC_CLOCK_SKEW" envDefault:"5s"`
+	ReconcileTimeout   time.Duration `env:"TMC_RECONCILE_TIMEOUT" envDefault:"10m"`
 	LogLevel           string        `env:"TMC_LOG_LEVEL" envDefault:"info"`
 	LogFormat          string        `env:"TMC_LOG_FORMAT" envDefault:"json"`
 
@@ -145,6 +151,9 @@ func (c Config) problems() []string {
 	}
 	if w.FollowMinInterval <= 0 || w.FollowMaxInterval < w.FollowMinInterval {
 		p = append(p, "TMC_FOLLOW_MIN_INTERVAL/TMC_FOLLOW_MAX_INTERVAL: need 0 < min <= max")
+	}
+	if w.ClaimHeartbeat <= 0 || w.ClaimStale < 2*w.ClaimHeartbeat {
+		p = append(p, "TMC_CLAIM_STALE: must be at least twice TMC_CLAIM_HEARTBEAT (a slow holder must not be taken for dead)")
 	}
 	if w.FollowLeaseTTL < 3*time.Second {
 		p = append(p, "TMC_FOLLOW_LEASE_TTL: must be at least 3s (far above scheduling jitter)")

@@ -2,11 +2,13 @@ package follow
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -59,7 +61,9 @@ type Config struct {
 	LogLines int
 	// RejectedIsOK makes execution_rejected (ran, some rows rejected) ok.
 	RejectedIsOK bool
-	// Holder names this replica in the lease.
+	// Holder names this replica in the lease; it must differ between
+	// replicas (default: the host name and a random suffix, unique per
+	// Follower).
 	Holder string
 	Logger *slog.Logger
 	Now    func() time.Time
@@ -81,6 +85,10 @@ type Follower struct {
 
 	mu      sync.Mutex
 	entries map[string]*entry // by requestId: the mirror of the records
+	// finished holds the last revision of records this replica finished
+	// and deleted, until the watch delivers the deletion: older puts the
+	// watch delivers late must not bring them back.
+	finished map[string]uint64
 
 	// Owned by the round loop (one goroutine).
 	lastList         time.Time // when the list was last read
@@ -123,6 +131,11 @@ func New(cfg Config, kv jetstream.KeyValue, tl Talend, events Events) *Follower 
 	if cfg.Tick <= 0 {
 		cfg.Tick = cfg.MinInterval / 4
 	}
+	if cfg.Holder == "" {
+		// Two replicas with the same name would each take the lease as
+		// their own and poll side by side.
+		cfg.Holder = defaultHolder()
+	}
 	if cfg.LogLines == 0 {
 		cfg.LogLines = 20
 	}
@@ -141,7 +154,7 @@ func New(cfg Config, kv jetstream.KeyValue, tl Talend, events Events) *Follower 
 	f := &Follower{
 		cfg: cfg, kv: kv, talend: tl, events: events, log: cfg.Logger,
 		tracer:  cfg.TracerProvider.Tracer("github.com/tmc-runner/tmc-runner/follow"),
-		entries: map[string]*entry{},
+		entries: map[string]*entry{}, finished: map[string]uint64{},
 	}
 	f.lease = &lease{kv: kv, key: "lease.follow", holder: cfg.Holder, ttl: cfg.LeaseTTL, now: cfg.Now}
 	_, _ = cfg.MeterProvider.Meter("github.com/tmc-runner/tmc-runner/follow").Int64ObservableGauge("tmc.follow.executions",
@@ -155,6 +168,15 @@ func New(cfg Config, kv jetstream.KeyValue, tl Talend, events Events) *Follower 
 			return nil
 		}))
 	return f
+}
+
+// defaultHolder is a lease holder name unique to this Follower.
+func defaultHolder() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "follower"
+	}
+	return host + "-" + rand.Text()[:10]
 }
 
 // Track registers an execution to follow. It is durable when it returns:
@@ -188,6 +210,12 @@ func (f *Follower) Tracked(ctx context.Context, requestID string) (bool, error) 
 func (f *Follower) upsert(rec Record, rev uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if last, ok := f.finished[rec.RequestID]; ok {
+		if rev <= last {
+			return // a late update of a record already finished
+		}
+		delete(f.finished, rec.RequestID) // tracked anew
+	}
 	if e, ok := f.entries[rec.RequestID]; ok {
 		if rev > e.rev {
 			e.rec, e.rev = rec, rev
@@ -201,6 +229,19 @@ func (f *Follower) remove(requestID string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.entries, requestID)
+	delete(f.finished, requestID)
+}
+
+// forget drops a record this replica finished and deleted; rev is the
+// last revision it knew of it.
+func (f *Follower) forget(requestID string, rev uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if e, ok := f.entries[requestID]; ok && e.rev > rev {
+		rev = e.rev
+	}
+	delete(f.entries, requestID)
+	f.finished[requestID] = rev
 }
 
 // Run mirrors the records and, while holding the lease, follows them until
@@ -339,6 +380,9 @@ func (f *Follower) listRound(ctx context.Context, tasks []*item, now time.Time) 
 			} else {
 				f.log.Debug("listing executions failed; retrying next round", "error", err)
 			}
+			// Retry on the polling schedule, not on every tick (listTo
+			// stays, so the next window still covers the gap).
+			f.lastList = now
 			return
 		}
 		for _, item := range page.Items {
@@ -528,7 +572,7 @@ func (f *Follower) publishResult(ctx context.Context, it *item, ev *messages.Eve
 	if err := f.kv.Delete(ctx, key(rec.RequestID)); err != nil {
 		f.log.Warn("follow record not deleted; its result is stored", "requestId", rec.RequestID, "error", err)
 	}
-	f.remove(rec.RequestID)
+	f.forget(rec.RequestID, it.rev)
 	f.log.Info("execution ended", "requestId", rec.RequestID, "executionId", rec.ExecutionID,
 		"status", ev.Status, "ok", *ev.OK, "timedOut", *ev.TimedOut)
 }

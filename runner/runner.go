@@ -26,6 +26,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/claims"
 	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/follow"
 	"github.com/tmc-runner/tmc-runner/messages"
@@ -195,6 +196,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		return nil, err
 	}
 	publisher := broker.NewPublisher(js, topo, cfg.Worker.EventSource, tp, mp)
+	holder := holderID()
 	fcfg := follow.Config{
 		MinInterval:    cfg.Worker.FollowMinInterval,
 		MaxInterval:    cfg.Worker.FollowMaxInterval,
@@ -202,7 +204,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		LeaseTTL:       cfg.Worker.FollowLeaseTTL,
 		LogLines:       cfg.Worker.ResultLogLines,
 		RejectedIsOK:   cfg.Worker.RejectedIsOK,
-		Holder:         holderID(),
+		Holder:         holder,
 		Logger:         log,
 		TracerProvider: tp,
 		MeterProvider:  mp,
@@ -218,6 +220,12 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		AwaitResult:             cfg.Worker.AwaitResult,
 		FollowDeadline:          cfg.Worker.FollowDeadline,
 		FollowMargin:            cfg.Worker.FollowMargin,
+		ClaimHeartbeat:          cfg.Worker.ClaimHeartbeat,
+		ClaimStale:              cfg.Worker.ClaimStale,
+		ReconcileSettle:         cfg.Worker.ReconcileSettle,
+		ClockSkew:               cfg.Worker.ClockSkew,
+		ReconcileTimeout:        cfg.Worker.ReconcileTimeout,
+		FleetUserID:             cfg.Talend.ServiceUserID,
 		Concurrency:             cfg.Worker.Concurrency,
 		AckWait:                 requests.CachedInfo().Config.AckWait,
 		ShutdownGrace:           cfg.Worker.ShutdownGrace,
@@ -241,6 +249,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		Events:           publisher,
 		Attempts:         broker.NewAttempts(kv),
 		Follower:         r.follower,
+		Claims:           claims.NewStore(kv, holder, nil),
 		Cancels:          broker.NewCancels(kv),
 		Requests:         requests,
 		Timers:           timers,

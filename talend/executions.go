@@ -118,3 +118,31 @@ func (c *Client) ExecutionLogs(ctx context.Context, executionID string, count in
 	}
 	return out.Data, nil
 }
+
+// ListExecutionsOf reads one page of the executions of one task (or, with
+// plan true, one plan) whose life overlaps [from, to]. Plan items carry
+// their start time as TriggerTime.
+func (c *Client) ListExecutionsOf(ctx context.Context, plan bool, executable string, from, to time.Time, offset, limit int) (ExecutionPage, error) {
+	q := url.Values{}
+	q.Set("from", strconv.FormatInt(from.UnixMilli(), 10))
+	q.Set("to", strconv.FormatInt(to.UnixMilli(), 10))
+	q.Set("offset", strconv.Itoa(offset))
+	q.Set("limit", strconv.Itoa(min(max(limit, 1), 100)))
+	kind := "tasks"
+	if plan {
+		kind = "plans"
+	}
+	var out ExecutionPage
+	path := "/processing/executables/" + kind + "/" + url.PathEscape(executable) + "/executions?" + q.Encode()
+	if err := c.call(ctx, "list executions of "+kind[:len(kind)-1], http.MethodGet, path, nil, http.StatusOK, &out); err != nil {
+		return ExecutionPage{}, err
+	}
+	if plan {
+		for i := range out.Items {
+			if out.Items[i].TriggerTime == nil {
+				out.Items[i].TriggerTime = out.Items[i].StartTime
+			}
+		}
+	}
+	return out, nil
+}

@@ -33,6 +33,12 @@ const (
 	// to do); outCancelPending: it waits for its request to have an outcome.
 	outCancelled     = "cancelled"
 	outCancelPending = "cancel_pending"
+	// outClaimed: another live worker holds the request's claim;
+	// outReconcileWait: a dead holder's claim waits for Talend's lists to
+	// settle; outUnknown: the run may have started and cannot be told.
+	outClaimed       = "claimed"
+	outReconcileWait = "reconcile_wait"
+	outUnknown       = "unknown"
 )
 
 // decision is the single result of processing one message.
@@ -83,9 +89,9 @@ func (w *Worker) apply(ctx context.Context, msg jetstream.Msg, d decision) {
 	}
 	level := slog.LevelInfo
 	switch d.outcome {
-	case outRejected, outFailed, outAttempt, outPanic:
+	case outRejected, outFailed, outAttempt, outPanic, outUnknown:
 		level = slog.LevelWarn
-	case outRetry, outDuplicate, outShutdown, outCancelPending:
+	case outRetry, outDuplicate, outShutdown, outCancelPending, outClaimed, outReconcileWait:
 		level = slog.LevelDebug
 		if d.outcome == outRetry && d.attempt == 1 {
 			level = slog.LevelInfo // first sign of trouble is worth a line

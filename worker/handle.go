@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/claims"
 	"github.com/tmc-runner/tmc-runner/follow"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
@@ -104,6 +105,9 @@ func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
 		timer   *time.Timer
 	)
 	every := w.cfg.AckWait / 2
+	// Held while the timer is created, so its first firing sees it set.
+	mu.Lock()
+	defer mu.Unlock()
 	timer = time.AfterFunc(every, func() {
 		mu.Lock()
 		defer mu.Unlock()
@@ -153,25 +157,31 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) decision {
 	base := decision{requestID: req.RequestID, route: req.Route, attempt: attempt}
 	orig := broker.Original{Subject: subject, Header: header, Data: msg.Data()}
 
-	if attempt > 1 {
-		if d, done := w.recorded(ctx, &req, orig, base); done {
-			return d
-		}
-	}
 	now := w.now()
-	if !req.ExpiresAt.IsZero() && now.After(req.ExpiresAt) {
-		return w.fail(ctx, &req, orig, base, messages.ReasonExpired, "expiresAt passed before the run could start", nil)
-	}
 	if !req.NotBefore.IsZero() && req.NotBefore.After(now.Add(timerTolerance)) {
+		// Parked without a claim: nothing is called before it is due.
 		if err := w.deps.Events.ParkTimer(ctx, orig, req.Route, req.RequestID, req.NotBefore); err != nil {
 			return w.retry(ctx, base, err)
 		}
 		base.act, base.outcome = actAck, outParked
 		return base
 	}
+	// The claim turns at-least-once delivery into at most one run: whoever
+	// created it calls Talend; everyone else finds out what happened.
+	claim, acquired, err := w.deps.Claims.Acquire(ctx, req.RequestID, req.Executable, string(req.Kind))
+	if err != nil {
+		return w.retry(ctx, base, err)
+	}
+	if !acquired {
+		return w.existingClaim(ctx, &req, orig, base, claim)
+	}
+	if !req.ExpiresAt.IsZero() && now.After(req.ExpiresAt) {
+		return w.fail(ctx, &req, orig, base, messages.ReasonExpired, "expiresAt passed before the run could start", nil)
+	}
 	if w.deps.Cancels != nil {
 		cancelled, err := w.deps.Cancels.Cancelled(ctx, req.RequestID)
 		if err != nil {
+			w.releaseClaim(ctx, &claim)
 			return w.retry(ctx, base, err)
 		}
 		if cancelled {
@@ -182,16 +192,78 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) decision {
 		return w.fail(ctx, &req, orig, base, messages.ReasonExpired,
 			fmt.Sprintf("request waited longer than %s without starting", w.cfg.MaxAge), nil)
 	}
+	return w.startClaimed(ctx, &req, orig, base, &heldClaim{claim: claim}, false)
+}
 
-	executionID, err := w.start(ctx, &req)
-	if err != nil {
-		return w.afterError(ctx, &req, orig, base, err)
+// startClaimed calls Talend under a held claim. after reconciliation the
+// claim's call window starts afresh.
+func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig broker.Original, base decision, held *heldClaim, restart bool) decision {
+	if restart {
+		err := held.do(func(c *claims.Claim) error {
+			c.CallFrom, c.CallTo, c.ReconcilingSince = 0, 0, 0
+			return w.deps.Claims.StartCall(ctx, c)
+		})
+		if err != nil {
+			return w.retry(ctx, base, err)
+		}
 	}
+	stopBeat := w.heartbeat(ctx, held)
+	defer func() {
+		if r := recover(); r != nil {
+			// Whether the call went out is unknown: say so on the claim,
+			// then let handle's recovery nak the message.
+			stopBeat()
+			_ = held.do(func(c *claims.Claim) error { return w.deps.Claims.MarkUncertain(context.WithoutCancel(ctx), c) })
+			panic(r)
+		}
+	}()
+	executionID, err := w.start(ctx, req)
+	stopBeat()
+	if err != nil {
+		// The claim outlives a shutdown's cancellation.
+		writeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		var apiErr *talend.APIError
+		switch {
+		case callMayHaveStarted(err):
+			// No answer: the run may exist. The next delivery reconciles
+			// instead of calling again.
+			if merr := held.do(func(c *claims.Claim) error { return w.deps.Claims.MarkUncertain(writeCtx, c) }); merr != nil {
+				w.log.WarnContext(ctx, "claim not marked uncertain; it will be reconciled once its heartbeat is stale", "requestId", req.RequestID, "error", merr)
+			}
+		case errors.As(err, &apiErr) && !apiErr.Retryable():
+			// Refused for good: the claim stays, so a republished copy finds
+			// the failed event instead of calling again.
+		default:
+			// Nothing started and a retry may work: let the retry claim afresh.
+			w.releaseClaim(writeCtx, &held.claim)
+		}
+		return w.afterError(ctx, req, orig, base, err)
+	}
+	// Record the owner first: reconciliation must never give this
+	// execution to another request, and a crash before the accepted event
+	// lets the next delivery adopt it at once.
+	if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Claims.Own(ctx, executionID, req.RequestID) }); err != nil {
+		base.act, base.outcome, base.err = actNak, outShutdown, "execution owner not recorded: "+err.Error()
+		return base
+	}
+	return w.accepted(ctx, req, base, executionID)
+}
+
+func (w *Worker) releaseClaim(ctx context.Context, c *claims.Claim) {
+	if err := w.deps.Claims.Release(ctx, c); err != nil {
+		w.log.WarnContext(ctx, "claim not released; the retry will reconcile it", "requestId", c.RequestID, "error", err)
+	}
+}
+
+// accepted publishes the accepted event and registers the follow-up; the
+// request is acked only once both are stored.
+func (w *Worker) accepted(ctx context.Context, req *messages.Request, base decision, executionID string) decision {
 	base.executionID = executionID
 	acceptedAt := w.now()
-	ev := messages.NewEvent(messages.Accepted, &req, attempt, acceptedAt)
+	ev := messages.NewEvent(messages.Accepted, req, base.attempt, acceptedAt)
 	ev.ExecutionID = executionID
-	followed := w.followed(&req)
+	followed := w.followed(req)
 	ev.Followed = &followed
 	// The run has started: its event (and its follow-up) must be stored
 	// before the ack, and a nak now would start it a second time, so keep
@@ -201,7 +273,7 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) decision {
 		return base
 	}
 	if followed {
-		rec := w.followRecord(&req, attempt, executionID, acceptedAt)
+		rec := w.followRecord(req, base.attempt, executionID, acceptedAt)
 		if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Follower.Track(ctx, rec) }); err != nil {
 			base.act, base.outcome, base.err = actNak, outShutdown, "follow-up not registered: "+err.Error()
 			return base
@@ -285,6 +357,14 @@ func (w *Worker) recorded(ctx context.Context, req *messages.Request, orig broke
 			return w.retry(ctx, base, err), true
 		}
 		base.act, base.outcome = actTerm, outDuplicate
+		return base, true
+	}
+	unknown, err := w.deps.Events.FindEvent(ctx, req.Route, req.RequestID, messages.Unknown)
+	if err != nil {
+		return w.retry(ctx, base, err), true
+	}
+	if unknown != nil {
+		base.act, base.outcome = actAck, outDuplicate
 		return base, true
 	}
 	return base, false

@@ -29,6 +29,8 @@ type Talend interface {
 	Probe(ctx context.Context) error
 	// StopExecution stops a running task execution (cancellation).
 	StopExecution(ctx context.Context, executionID string) error
+	// ListExecutionsOf lists one executable's executions (reconciliation).
+	ListExecutionsOf(ctx context.Context, plan bool, executable string, from, to time.Time, offset, limit int) (talend.ExecutionPage, error)
 }
 
 // Follower registers accepted executions to be followed to their end.
@@ -77,6 +79,18 @@ type Config struct {
 	// FollowDeadline bounds a follow-up when the request sets no timeout;
 	// FollowMargin is added to the request's timeout (defaults 24h, 10m).
 	FollowDeadline, FollowMargin time.Duration
+	// ClaimHeartbeat is how often a claim holder shows it is alive during a
+	// call; a claim without a heartbeat for ClaimStale is a dead holder's
+	// (defaults 5s, 20s).
+	ClaimHeartbeat, ClaimStale time.Duration
+	// ReconcileSettle is how long Talend's lists may take to show a run
+	// just started; ClockSkew widens the searched window by the clocks'
+	// possible disagreement; ReconcileTimeout bounds how long Talend may
+	// not answer before the request ends `unknown` (defaults 10s, 5s, 10m).
+	ReconcileSettle, ClockSkew, ReconcileTimeout time.Duration
+	// FleetUserID is the service account's Talend userId, when known;
+	// otherwise it is learnt from executions the fleet owns.
+	FleetUserID string
 	// ReadyNeedsBreakerClosed makes an open breaker fail readiness.
 	ReadyNeedsBreakerClosed bool
 	StreamCreated           time.Time // of the request stream, for fallback requestIds
@@ -95,6 +109,7 @@ type Deps struct {
 	Talend   Talend
 	Events   Events
 	Attempts AttemptCounter
+	Claims   Claims   // required: one request, one run
 	Follower Follower // nil: nothing is followed
 	Cancels  Cancels  // nil: cancellations are not supported
 	Requests Fetcher  // the shared durable consumer of TMC_RUNS
@@ -126,8 +141,8 @@ type Worker struct {
 
 // New returns a worker.
 func New(cfg Config, deps Deps) (*Worker, error) {
-	if deps.Talend == nil || deps.Events == nil || deps.Requests == nil {
-		return nil, errors.New("worker: Talend, Events and Requests are required")
+	if deps.Talend == nil || deps.Events == nil || deps.Requests == nil || deps.Claims == nil {
+		return nil, errors.New("worker: Talend, Events, Requests and Claims are required")
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 64
@@ -146,6 +161,21 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	}
 	if cfg.BackoffMax < cfg.BackoffMin {
 		cfg.BackoffMax = max(5*time.Minute, cfg.BackoffMin)
+	}
+	if cfg.ClaimHeartbeat <= 0 {
+		cfg.ClaimHeartbeat = 5 * time.Second
+	}
+	if cfg.ClaimStale < 2*cfg.ClaimHeartbeat {
+		cfg.ClaimStale = 4 * cfg.ClaimHeartbeat
+	}
+	if cfg.ReconcileSettle <= 0 {
+		cfg.ReconcileSettle = 10 * time.Second
+	}
+	if cfg.ClockSkew <= 0 {
+		cfg.ClockSkew = 5 * time.Second
+	}
+	if cfg.ReconcileTimeout <= 0 {
+		cfg.ReconcileTimeout = 10 * time.Minute
 	}
 	if cfg.FollowDeadline <= 0 {
 		cfg.FollowDeadline = 24 * time.Hour

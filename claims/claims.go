@@ -1,0 +1,196 @@
+// Package claims turns JetStream's at-least-once delivery into at most one
+// Talend execution per requestId. Before calling Talend a worker claims the
+// requestId in the claims bucket (atomic create, key claim.<requestId>) and
+// keeps a heartbeat on the claim while it works. Liveness is that heartbeat,
+// never a key TTL: a claim whose holder died stays visible, so the next
+// worker can reconcile it against Talend instead of starting the run again.
+//
+// The bucket also indexes which request started which execution
+// (exec.<executionId>), so that reconciliation can tell the fleet's own
+// runs of one task apart.
+//
+// A *Store is safe for concurrent use.
+package claims
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// State is where a claimed request stands.
+type State string
+
+const (
+	// Starting: the holder is calling Talend (or about to).
+	Starting State = "starting"
+	// Uncertain: a call was sent and its answer lost (timeout, 5xx,
+	// connection cut, shutdown): the run may or may not have started.
+	Uncertain State = "uncertain"
+)
+
+// Claim is one request's claim.
+type Claim struct {
+	RequestID  string `json:"requestId"`
+	Executable string `json:"executable"`
+	Kind       string `json:"kind"`
+	Holder     string `json:"holder"`
+	State      State  `json:"state"`
+	// Heartbeat is the holder's last sign of life (unix ms).
+	Heartbeat int64 `json:"heartbeat"`
+	// CallFrom and CallTo bound the calls that may have started a run
+	// (unix ms): the window reconciliation searches.
+	CallFrom int64 `json:"callFrom,omitempty"`
+	CallTo   int64 `json:"callTo,omitempty"`
+	// ReconcilingSince is when reconciliation first tried (unix ms).
+	ReconcilingSince int64 `json:"reconcilingSince,omitempty"`
+
+	Revision uint64 `json:"-"`
+}
+
+// HeartbeatTime is Heartbeat as a time.
+func (c *Claim) HeartbeatTime() time.Time { return time.UnixMilli(c.Heartbeat) }
+
+// Store keeps claims in the claims bucket.
+type Store struct {
+	kv     jetstream.KeyValue
+	holder string
+	now    func() time.Time
+}
+
+// NewStore returns a store whose claims name holder (this replica).
+func NewStore(kv jetstream.KeyValue, holder string, now func() time.Time) *Store {
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{kv: kv, holder: holder, now: now}
+}
+
+// Holder is this replica's name in claims.
+func (s *Store) Holder() string { return s.holder }
+
+func key(requestID string) string { return "claim." + requestID }
+
+// Acquire claims requestID for this replica. When someone claimed it
+// before, it returns their claim and acquired false.
+func (s *Store) Acquire(ctx context.Context, requestID, executable, kind string) (claim Claim, acquired bool, err error) {
+	now := s.now().UnixMilli()
+	claim = Claim{RequestID: requestID, Executable: executable, Kind: kind, Holder: s.holder, State: Starting, Heartbeat: now, CallFrom: now}
+	data, _ := json.Marshal(claim)
+	rev, err := s.kv.Create(ctx, key(requestID), data)
+	if err == nil {
+		claim.Revision = rev
+		return claim, true, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return Claim{}, false, fmt.Errorf("claim %s: %w", requestID, err)
+	}
+	existing, err := s.Get(ctx, requestID)
+	if err != nil {
+		return Claim{}, false, err
+	}
+	if existing == nil {
+		// Deleted between our create and our read: try once more.
+		return s.Acquire(ctx, requestID, executable, kind)
+	}
+	return *existing, false, nil
+}
+
+// Get reads a claim; nil when there is none.
+func (s *Store) Get(ctx context.Context, requestID string) (*Claim, error) {
+	entry, err := s.kv.Get(ctx, key(requestID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read claim %s: %w", requestID, err)
+	}
+	var c Claim
+	if err := json.Unmarshal(entry.Value(), &c); err != nil {
+		return nil, fmt.Errorf("decode claim %s: %w", requestID, err)
+	}
+	c.Revision = entry.Revision()
+	return &c, nil
+}
+
+// update writes c if nobody changed it since it was read.
+func (s *Store) update(ctx context.Context, c *Claim) error {
+	data, _ := json.Marshal(c)
+	rev, err := s.kv.Update(ctx, key(c.RequestID), data, c.Revision)
+	if err != nil {
+		return fmt.Errorf("update claim %s: %w", c.RequestID, err)
+	}
+	c.Revision = rev
+	return nil
+}
+
+// Beat renews the heartbeat of a claim this replica holds.
+func (s *Store) Beat(ctx context.Context, c *Claim) error {
+	c.Heartbeat = s.now().UnixMilli()
+	return s.update(ctx, c)
+}
+
+// TakeOver makes this replica the holder of a claim whose holder is gone
+// (compare-and-set: of several replicas trying, one wins).
+func (s *Store) TakeOver(ctx context.Context, c *Claim) error {
+	c.Holder = s.holder
+	c.Heartbeat = s.now().UnixMilli()
+	return s.update(ctx, c)
+}
+
+// StartCall records that a call to Talend is about to be sent.
+func (s *Store) StartCall(ctx context.Context, c *Claim) error {
+	now := s.now().UnixMilli()
+	c.State, c.Heartbeat = Starting, now
+	if c.CallFrom == 0 {
+		c.CallFrom = now
+	}
+	return s.update(ctx, c)
+}
+
+// MarkUncertain records that a call's answer was lost.
+func (s *Store) MarkUncertain(ctx context.Context, c *Claim) error {
+	now := s.now().UnixMilli()
+	c.State, c.Heartbeat, c.CallTo = Uncertain, now, now
+	return s.update(ctx, c)
+}
+
+// Release deletes a claim whose call certainly started nothing (never
+// sent, or refused), so that a retry claims afresh.
+func (s *Store) Release(ctx context.Context, c *Claim) error {
+	if err := s.kv.Delete(ctx, key(c.RequestID), jetstream.LastRevision(c.Revision)); err != nil {
+		return fmt.Errorf("release claim %s: %w", c.RequestID, err)
+	}
+	return nil
+}
+
+// Own records that requestID started executionID. Reconciliation never
+// adopts an execution another request owns.
+func (s *Store) Own(ctx context.Context, executionID, requestID string) error {
+	if _, err := s.kv.Put(ctx, "exec."+executionID, []byte(requestID)); err != nil {
+		return fmt.Errorf("record owner of execution %s: %w", executionID, err)
+	}
+	return nil
+}
+
+// Owner returns the requestId that started executionID, or "".
+func (s *Store) Owner(ctx context.Context, executionID string) (string, error) {
+	entry, err := s.kv.Get(ctx, "exec."+executionID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read owner of execution %s: %w", executionID, err)
+	}
+	return string(entry.Value()), nil
+}
+
+// Save writes c (compare-and-set on its revision).
+func (s *Store) Save(ctx context.Context, c *Claim) error { return s.update(ctx, c) }
+
+// Now is the store's clock.
+func (s *Store) Now() time.Time { return s.now() }

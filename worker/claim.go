@@ -1,0 +1,224 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/claims"
+	"github.com/tmc-runner/tmc-runner/messages"
+	"github.com/tmc-runner/tmc-runner/talend"
+)
+
+// Claims is what the worker needs from the claim store.
+type Claims interface {
+	Acquire(ctx context.Context, requestID, executable, kind string) (claims.Claim, bool, error)
+	Beat(ctx context.Context, c *claims.Claim) error
+	TakeOver(ctx context.Context, c *claims.Claim) error
+	StartCall(ctx context.Context, c *claims.Claim) error
+	MarkUncertain(ctx context.Context, c *claims.Claim) error
+	Release(ctx context.Context, c *claims.Claim) error
+	Save(ctx context.Context, c *claims.Claim) error
+	Own(ctx context.Context, executionID, requestID string) error
+	Owner(ctx context.Context, executionID string) (string, error)
+}
+
+// heldClaim is a claim this worker holds while it works; the heartbeat
+// runs beside the Talend call, so access is serialised.
+type heldClaim struct {
+	mu    sync.Mutex
+	claim claims.Claim
+}
+
+func (h *heldClaim) do(f func(*claims.Claim) error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return f(&h.claim)
+}
+
+// heartbeat renews the claim every ClaimHeartbeat until stopped, so other
+// replicas see the holder alive during a long call.
+func (w *Worker) heartbeat(ctx context.Context, held *heldClaim) (stop func()) {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		timer   *time.Timer
+	)
+	requestID := held.claim.RequestID
+	// Held while the timer is created, so its first firing sees it set.
+	mu.Lock()
+	defer mu.Unlock()
+	timer = time.AfterFunc(w.cfg.ClaimHeartbeat, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if err := held.do(func(c *claims.Claim) error { return w.deps.Claims.Beat(ctx, c) }); err != nil {
+			w.log.WarnContext(ctx, "claim heartbeat failed", "requestId", requestID, "error", err)
+		}
+		timer.Reset(w.cfg.ClaimHeartbeat)
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		timer.Stop()
+	}
+}
+
+// callMayHaveStarted says whether a failed run call may nevertheless have
+// started an execution: only when no answer came back (timeout, connection
+// cut, cancellation mid-call). An HTTP answer, an open breaker or a missing
+// token means nothing was started.
+func callMayHaveStarted(err error) bool {
+	var apiErr *talend.APIError
+	switch {
+	case errors.As(err, &apiErr):
+		return false
+	case errors.Is(err, talend.ErrBreakerOpen), errors.Is(err, talend.ErrTokenUnavailable), errors.Is(err, talend.ErrCredentials):
+		return false
+	}
+	return true
+}
+
+// existingClaim decides what to do with a request someone claimed before:
+// finish what a crash left undone, wait for a live holder, or reconcile a
+// dead holder's claim against Talend.
+func (w *Worker) existingClaim(ctx context.Context, req *messages.Request, orig broker.Original, base decision, claim claims.Claim) decision {
+	if d, done := w.recorded(ctx, req, orig, base); done {
+		return d
+	}
+	now := w.now()
+	alive := claim.State == claims.Starting && now.Sub(claim.HeartbeatTime()) < w.cfg.ClaimStale
+	if alive {
+		// Someone is working on it right now: wait for them.
+		base.act, base.outcome, base.delay = actNak, outClaimed, w.cfg.ClaimStale/2
+		return base
+	}
+	return w.reconcile(ctx, req, orig, base, claim)
+}
+
+// reconcile asks Talend whether a run of a dead holder's (or a lost) call
+// exists: none — start it now; exactly one that no other request owns —
+// adopt it; more, or Talend not answering within ReconcileTimeout — one
+// `unknown` event and no second run (unless onUnknown: rerun).
+func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig broker.Original, base decision, claim claims.Claim) decision {
+	now := w.now()
+	from := time.UnixMilli(claim.CallFrom).Add(-w.cfg.ClockSkew)
+	last := claim.CallTo
+	if last == 0 || claim.Heartbeat > last {
+		last = claim.Heartbeat
+	}
+	to := time.UnixMilli(last).Add(w.cfg.ClockSkew)
+	// A run just started may appear in lists late: look only once the
+	// window has settled.
+	if settled := to.Add(w.cfg.ReconcileSettle); now.Before(settled) {
+		base.act, base.outcome, base.delay = actNak, outReconcileWait, settled.Sub(now)+w.backoff(1)/4
+		return base
+	}
+	if err := w.deps.Claims.TakeOver(ctx, &claim); err != nil {
+		// Another replica took it first.
+		base.act, base.outcome, base.delay, base.err = actNak, outClaimed, w.cfg.ClaimStale/2, err.Error()
+		return base
+	}
+	if claim.ReconcilingSince == 0 {
+		claim.ReconcilingSince = now.UnixMilli()
+		_ = w.deps.Claims.Save(ctx, &claim)
+	}
+	ctx, span := w.tracer.Start(ctx, "reconcile claim")
+	defer span.End()
+	candidates, err := w.candidates(ctx, req, from, to.Add(w.cfg.ReconcileSettle))
+	if err != nil {
+		if now.Sub(time.UnixMilli(claim.ReconcilingSince)) > w.cfg.ReconcileTimeout {
+			return w.unknown(ctx, req, base, fmt.Sprintf("Talend could not be asked within %s whether the run started: %s", w.cfg.ReconcileTimeout, w.redact(req, err.Error())))
+		}
+		return w.retry(ctx, base, err)
+	}
+	switch {
+	case len(candidates) == 0:
+		base.reason = "reconciled: not started"
+		return w.startClaimed(ctx, req, orig, base, &heldClaim{claim: claim}, true)
+	case len(candidates) == 1:
+		base.reason = "reconciled: adopted"
+		return w.adopt(ctx, req, base, candidates[0])
+	}
+	detail := fmt.Sprintf("%d executions of %s started by this service account between %s and %s, none claimed by another request: cannot tell which is this request's",
+		len(candidates), req.Executable, from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339))
+	if req.OnUnknown == messages.OnUnknownRerun {
+		base.reason = "reconciled: rerun"
+		return w.startClaimed(ctx, req, orig, base, &heldClaim{claim: claim}, true)
+	}
+	return w.unknown(ctx, req, base, detail)
+}
+
+// candidates lists the executions that may be this request's run: started
+// by this fleet's service account through the API in the window, and not
+// owned by another request. An execution this request owns is the only
+// candidate.
+func (w *Worker) candidates(ctx context.Context, req *messages.Request, from, to time.Time) ([]string, error) {
+	var items []talend.ListedExecution
+	for offset, pages := 0, 0; pages < 10; pages++ {
+		page, err := w.deps.Talend.ListExecutionsOf(ctx, req.Kind == messages.KindPlan, req.Executable, from, to, offset, 100)
+		if err != nil {
+			return nil, err
+		}
+		items = append(items, page.Items...)
+		offset += len(page.Items)
+		if len(page.Items) == 0 || offset >= page.Total {
+			break
+		}
+	}
+	fleetUser := w.cfg.FleetUserID
+	var open []talend.ListedExecution
+	for _, it := range items {
+		if it.TriggerTime == nil || it.TriggerTime.Before(from) || it.TriggerTime.After(to) {
+			continue
+		}
+		owner, err := w.deps.Claims.Owner(ctx, it.ExecutionID)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case owner == req.RequestID:
+			return []string{it.ExecutionID}, nil
+		case owner != "":
+			// Another request's run: and a sample of the fleet's own userId.
+			if fleetUser == "" {
+				fleetUser = it.UserID
+			}
+			continue
+		}
+		open = append(open, it)
+	}
+	var out []string
+	for _, it := range open {
+		if it.UserType != "SERVICE" || it.APIVersion == "" || fleetUser != "" && it.UserID != fleetUser {
+			continue // a scheduled, human or other account's run
+		}
+		out = append(out, it.ExecutionID)
+	}
+	return out, nil
+}
+
+// adopt takes an execution found by reconciliation as this request's run.
+func (w *Worker) adopt(ctx context.Context, req *messages.Request, base decision, executionID string) decision {
+	if err := w.deps.Claims.Own(ctx, executionID, req.RequestID); err != nil {
+		return w.retry(ctx, base, err)
+	}
+	return w.accepted(ctx, req, base, executionID)
+}
+
+// unknown ends a request whose run may have started but cannot be told.
+func (w *Worker) unknown(ctx context.Context, req *messages.Request, base decision, detail string) decision {
+	ev := messages.NewEvent(messages.Unknown, req, base.attempt, w.now())
+	ev.Detail = detail
+	if err := w.deps.Events.Event(ctx, ev); err != nil {
+		return w.retry(ctx, base, err)
+	}
+	base.act, base.outcome, base.err = actAck, outUnknown, detail
+	return base
+}
