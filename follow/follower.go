@@ -325,6 +325,12 @@ func (f *Follower) round(ctx context.Context) {
 	var listed []*item
 	youngest := time.Duration(-1)
 	for _, it := range all {
+		// A round can outlast the lease (slow calls one after another):
+		// stop as soon as it is no longer ours. hold renews it when due and
+		// costs nothing otherwise.
+		if !f.lease.hold(ctx) {
+			return
+		}
 		if !it.rec.Deadline.IsZero() && now.After(it.rec.Deadline) {
 			f.finishTimedOut(ctx, it, now)
 			continue
@@ -397,6 +403,9 @@ func (f *Follower) listRound(ctx context.Context, tasks []*item, now time.Time) 
 	}
 	f.lastList, f.listTo = now, now
 	for _, it := range tasks {
+		if !f.lease.hold(ctx) {
+			return
+		}
 		listedItem, ok := found[it.rec.ExecutionID]
 		if !ok {
 			// A run just started may not be listed yet; past the lag, read

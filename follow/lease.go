@@ -12,8 +12,10 @@ import (
 // lease lets one replica at a time poll Talend for the fleet. It is a
 // bucket key holding the holder's id and an expiry; it is taken with an
 // atomic create, renewed and taken over with compare-and-set on the key's
-// revision, so two replicas can never both believe they hold it for longer
-// than one renewal period.
+// revision. The holder checks it before every Talend call of a round, so a
+// holder that lost it stops within one call. Expiry is judged by the
+// clocks of different replicas: the TTL must exceed their skew by far.
+// Overlap is harmless beyond wasted calls: events are idempotent.
 type lease struct {
 	kv     jetstream.KeyValue
 	key    string
