@@ -27,7 +27,15 @@ func (w *Worker) moveDueTimers(ctx context.Context) {
 				_ = msg.NakWithDelay(w.cfg.BackoffMin)
 				continue
 			}
-			_ = msg.Ack()
+			// Confirmed ack: a lost one would move the request again after
+			// the ack wait, possibly beyond the de-duplication window. (The
+			// copy would then find the first one's claim: harmless, but a
+			// confirmed ack keeps it from happening at all on this rare path.)
+			ackCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := msg.DoubleAck(ackCtx); err != nil {
+				w.log.Warn("due timer ack not confirmed", "requestId", due.Header.Get(broker.HeaderRequestID), "error", err)
+			}
+			cancel()
 			w.log.Info("request due, resubmitted", "requestId", due.Header.Get(broker.HeaderRequestID))
 		}
 	}
