@@ -21,6 +21,7 @@ type Topology struct {
 	Consumer       string // tmc-runner, the durable shared by all replicas
 	TimersConsumer string // tmc-runner-timers, moves due timers
 	ClaimsBucket   string // tmc_claims
+	TokensBucket   string // tmc_tokens: the fleet's encrypted Talend token
 
 	SubjectPrefix string // "tmc.runs": requests are <prefix>.request.<route>
 
@@ -47,6 +48,7 @@ func (t Topology) Defaults() Topology {
 	def(&t.Consumer, "tmc-runner")
 	def(&t.TimersConsumer, "tmc-runner-timers")
 	def(&t.ClaimsBucket, "tmc_claims")
+	def(&t.TokensBucket, "tmc_tokens")
 	def(&t.SubjectPrefix, "tmc.runs")
 	if t.Replicas <= 0 {
 		t.Replicas = 1
@@ -200,16 +202,22 @@ func (t Topology) Consumers() map[string]jetstream.ConsumerConfig {
 	}
 }
 
-// Bucket returns the claims bucket configuration.
-func (t Topology) Bucket() jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
+// Buckets returns the KV bucket configurations.
+func (t Topology) Buckets() []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{{
 		Bucket:      t.ClaimsBucket,
-		Description: "tmc-runner idempotency claims",
+		Description: "tmc-runner idempotency claims, execution owners, follow-ups, leases",
 		History:     1,
 		TTL:         t.ClaimsMaxAge,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
-	}
+	}, {
+		Bucket:      t.TokensBucket,
+		Description: "tmc-runner fleet-wide Talend token (encrypted) and its refresh lease",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+	}}
 }
 
 // ErrConflict is returned by Provision when an existing stream, consumer or
@@ -247,16 +255,17 @@ func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		}
 		diffs = append(diffs, consumerDiffs(streamName, want, cons.CachedInfo().Config)...)
 	}
-	want := t.Bucket()
-	kv, err := js.KeyValue(ctx, want.Bucket)
-	switch {
-	case errors.Is(err, jetstream.ErrBucketNotFound):
-		if _, err := js.CreateKeyValue(ctx, want); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
-			return fmt.Errorf("create bucket %s: %w", want.Bucket, err)
+	for _, want := range t.Buckets() {
+		kv, err := js.KeyValue(ctx, want.Bucket)
+		switch {
+		case errors.Is(err, jetstream.ErrBucketNotFound):
+			if _, err := js.CreateKeyValue(ctx, want); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
+				return fmt.Errorf("create bucket %s: %w", want.Bucket, err)
+			}
+			continue
+		case err != nil:
+			return fmt.Errorf("look up bucket %s: %w", want.Bucket, err)
 		}
-	case err != nil:
-		return fmt.Errorf("look up bucket %s: %w", want.Bucket, err)
-	default:
 		status, err := kv.Status(ctx)
 		if err != nil {
 			return fmt.Errorf("bucket %s status: %w", want.Bucket, err)

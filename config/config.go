@@ -89,6 +89,8 @@ type Worker struct {
 	DeadStream    string        `env:"TMC_DEAD_STREAM" envDefault:"TMC_DEAD"`
 	Consumer      string        `env:"TMC_CONSUMER" envDefault:"tmc-runner"`
 	ClaimsBucket  string        `env:"TMC_CLAIMS_BUCKET" envDefault:"tmc_claims"`
+	TokensBucket  string        `env:"TMC_TOKENS_BUCKET" envDefault:"tmc_tokens"`
+	ShareToken    bool          `env:"TMC_SHARE_TOKEN" envDefault:"true"`
 	Replicas      int           `env:"TMC_REPLICAS" envDefault:"1"`
 	EventsMaxAge  time.Duration `env:"TMC_EVENTS_MAX_AGE" envDefault:"168h"`
 	DeadMaxAge    time.Duration `env:"TMC_DEAD_MAX_AGE" envDefault:"720h"`
@@ -314,6 +316,7 @@ func (w Worker) Topology() broker.Topology {
 		DeadStream:    w.DeadStream,
 		Consumer:      w.Consumer,
 		ClaimsBucket:  w.ClaimsBucket,
+		TokensBucket:  w.TokensBucket,
 		SubjectPrefix: w.SubjectPrefix,
 		Replicas:      w.Replicas,
 		EventsMaxAge:  w.EventsMaxAge,

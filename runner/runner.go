@@ -32,6 +32,7 @@ import (
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
 	"github.com/tmc-runner/tmc-runner/telemetry"
+	"github.com/tmc-runner/tmc-runner/tokenshare"
 	"github.com/tmc-runner/tmc-runner/worker"
 )
 
@@ -136,6 +137,15 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		return nil, fmt.Errorf("bucket %s: %w", topo.ClaimsBucket, err)
 	}
 
+	holder := holderID()
+	var shared talend.SharedTokens
+	if cfg.Worker.ShareToken {
+		tokensKV, err := js.KeyValue(ctx, topo.TokensBucket)
+		if err != nil {
+			return nil, fmt.Errorf("bucket %s: %w", topo.TokensBucket, err)
+		}
+		shared = tokenshare.New(tokensKV, tokenshare.Options{Holder: holder, Credentials: cfg.Talend.Credentials()})
+	}
 	r := &Runner{opts: opts, log: log}
 	transport, err := talend.NewTransport(talend.TransportOptions{CAFile: cfg.Talend.CAFile, MaxConnsPerHost: cfg.Worker.Concurrency})
 	if err != nil {
@@ -175,6 +185,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		},
 		TracerProvider: tp,
 		MeterProvider:  mp,
+		Shared:         shared,
 		Tokens: talend.TokenCacheSettings{
 			RefreshBefore: cfg.Talend.TokenRefresh,
 			OnCredentials: func(valid bool) {
@@ -196,7 +207,6 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		return nil, err
 	}
 	publisher := broker.NewPublisher(js, topo, cfg.Worker.EventSource, tp, mp)
-	holder := holderID()
 	fcfg := follow.Config{
 		MinInterval:    cfg.Worker.FollowMinInterval,
 		MaxInterval:    cfg.Worker.FollowMaxInterval,

@@ -48,8 +48,18 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// MeterProvider receives call durations and token fetch counts.
 	MeterProvider metric.MeterProvider
+	// Shared, when set, shares tokens with the rest of the fleet: fetches
+	// go through it (it calls the token endpoint itself only when the
+	// fleet needs a new token), and a 401 invalidates the token there too.
+	Shared SharedTokens
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+}
+
+// SharedTokens is a fleet-wide token store (package tokenshare).
+type SharedTokens interface {
+	Fetch(ctx context.Context, local TokenFetcher, refreshBefore time.Duration) (Token, error)
+	Invalidate(ctx context.Context, tok Token)
 }
 
 // Client calls the Talend Cloud API with a cached service-account token.
@@ -61,6 +71,7 @@ type Client struct {
 	tokens    *TokenCache
 	now       func() time.Time
 	metrics   *instruments
+	shared    SharedTokens
 }
 
 // NewClient returns a client; Close releases its token cache.
@@ -96,7 +107,16 @@ func NewClient(cfg Config) (*Client, error) {
 			onFetch(err)
 		}
 	}
-	c.tokens = NewTokenCache(c.fetchToken, cfg.Tokens)
+	fetch := c.fetchToken
+	if cfg.Shared != nil {
+		c.shared = cfg.Shared
+		refreshBefore := cfg.Tokens.RefreshBefore
+		if refreshBefore <= 0 {
+			refreshBefore = 5 * time.Minute
+		}
+		fetch = func(ctx context.Context) (Token, error) { return cfg.Shared.Fetch(ctx, c.fetchToken, refreshBefore) }
+	}
+	c.tokens = NewTokenCache(fetch, cfg.Tokens)
 	return c, nil
 }
 
@@ -204,6 +224,9 @@ func (c *Client) call(ctx context.Context, op, method, path string, body []byte,
 		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 {
 			drain(resp)
 			c.tokens.Invalidate(tok)
+			if c.shared != nil {
+				c.shared.Invalidate(ctx, tok)
+			}
 			continue
 		}
 		return c.finish(op, resp, want, out)

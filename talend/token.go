@@ -266,6 +266,10 @@ func (c *TokenCache) finishFetch(tok Token, started time.Time, err error) {
 	c.fetching = nil
 	credsBad := false
 	switch {
+	case err == nil && tok.Value == c.token.Value:
+		// A fleet-wide store handed back the token we have (another replica
+		// is refreshing it): ask again only after a pause, not on every call.
+		c.retryAt = c.set.Now().Add(c.set.BackoffMin)
 	case err == nil:
 		c.storeLocked(tok, started)
 	case errors.Is(err, ErrCredentials):
