@@ -58,13 +58,16 @@ type Worker struct {
 	AdminAddr          string        `env:"TMC_ADMIN_ADDR" envDefault:":9090"`
 	EventSource        string        `env:"TMC_EVENT_SOURCE" envDefault:"tmc-runner"`
 	Provision          bool          `env:"TMC_PROVISION" envDefault:"true"`
-	ShutdownGrace      time.Duration `env:"TMC_SHUTDOWN_GRACE" envDefault:"20s"`
+	ShutdownGrace      time.Duration `env:"TMC_SHUTDOWN_GRACE" envDefault:"45s"`
 	MaxAttempts        int           `env:"TMC_MAX_ATTEMPTS" envDefault:"5"`
 	MaxAge             time.Duration `env:"TMC_MAX_AGE" envDefault:"24h"`
 	BackoffMin         time.Duration `env:"TMC_BACKOFF_MIN" envDefault:"1s"`
 	BackoffMax         time.Duration `env:"TMC_BACKOFF_MAX" envDefault:"5m"`
 	MaxBody            int           `env:"TMC_MAX_BODY" envDefault:"65536"`
 	ReadyBreakerClosed bool          `env:"TMC_READY_REQUIRES_BREAKER_CLOSED" envDefault:"false"`
+	RateLimit          float64       `env:"TMC_RATE_LIMIT" envDefault:"1500"`
+	MonitoringLimit    float64       `env:"TMC_MONITORING_RATE_LIMIT" envDefault:"500"`
+	MaxRunning         int           `env:"TMC_MAX_RUNNING" envDefault:"0"`
 	AwaitResult        bool          `env:"TMC_AWAIT_RESULT" envDefault:"true"`
 	FollowMinInterval  time.Duration `env:"TMC_FOLLOW_MIN_INTERVAL" envDefault:"2s"`
 	FollowMaxInterval  time.Duration `env:"TMC_FOLLOW_MAX_INTERVAL" envDefault:"30s"`
@@ -75,7 +78,7 @@ type Worker struct {
 	ResultLogLines     int           `env:"TMC_RESULT_LOG_LINES" envDefault:"20"`
 	RejectedIsOK       bool          `env:"TMC_REJECTED_IS_OK" envDefault:"true"`
 	ClaimHeartbeat     time.Duration `env:"TMC_CLAIM_HEARTBEAT" envDefault:"5s"`
-	ClaimStale         time.Duration `env:"TMC_CLAIM_STALE" envDefault:"20s"`
+	ClaimStale         time.Duration `env:"TMC_CLAIM_STALE" envDefault:"45s"`
 	ReconcileSettle    time.Duration `env:"TMC_RECONCILE_SETTLE" envDefault:"10s"`
 	ClockSkew          time.Duration `env:"TMC_CLOCK_SKEW" envDefault:"5s"`
 	ReconcileTimeout   time.Duration `env:"TMC_RECONCILE_TIMEOUT" envDefault:"10m"`
@@ -157,11 +160,22 @@ func (c Config) problems() []string {
 	if w.ClaimHeartbeat <= 0 || w.ClaimStale < 2*w.ClaimHeartbeat {
 		p = append(p, "TMC_CLAIM_STALE: must be at least twice TMC_CLAIM_HEARTBEAT (a slow holder must not be taken for dead)")
 	}
+	if w.ClaimStale <= c.Talend.Timeout+w.ClaimHeartbeat {
+		// A holder cut off from NATS may still be waiting for Talend: its
+		// claim must not look dead before that call has timed out.
+		p = append(p, "TMC_CLAIM_STALE: must exceed TMC_TALEND_TIMEOUT plus TMC_CLAIM_HEARTBEAT")
+	}
 	if w.FollowLeaseTTL < 3*time.Second {
 		p = append(p, "TMC_FOLLOW_LEASE_TTL: must be at least 3s (far above scheduling jitter)")
 	}
 	if w.ResultLogLines < 0 || w.ResultLogLines > 200 {
 		p = append(p, "TMC_RESULT_LOG_LINES: must be between 0 (off) and 200")
+	}
+	if w.RateLimit < 0 || w.MonitoringLimit < 0 {
+		p = append(p, "TMC_RATE_LIMIT/TMC_MONITORING_RATE_LIMIT: requests per minute, 0 for no limit")
+	}
+	if w.MaxRunning < 0 || w.MaxRunning > 10000 {
+		p = append(p, "TMC_MAX_RUNNING: 0 (no cap) or a number of executions (Talend allows 200 per account)")
 	}
 	if w.MaxBody < 256 {
 		p = append(p, "TMC_MAX_BODY: must be at least 256 bytes")

@@ -578,6 +578,12 @@ func (f *Follower) publishResult(ctx context.Context, it *item, ev *messages.Eve
 			return
 		}
 	}
+	if rec.Slot != "" {
+		// The end is seen: the execution no longer counts toward the cap.
+		if err := f.kv.Delete(ctx, rec.Slot); err != nil {
+			f.log.Warn("running slot not released; slot collection will free it", "requestId", rec.RequestID, "slot", rec.Slot, "error", err)
+		}
+	}
 	if err := f.kv.Delete(ctx, key(rec.RequestID)); err != nil {
 		f.log.Warn("follow record not deleted; its result is stored", "requestId", rec.RequestID, "error", err)
 	}

@@ -23,9 +23,12 @@ type Record struct {
 	Deadline   time.Time `json:"deadline"`
 	// LastStatus is the last Talend status published as a `status` event.
 	LastStatus string `json:"lastStatus,omitempty"`
-	// Silent records are followed without events (reserved for the fleet's
-	// running cap).
+	// Silent records are followed without events: with a running cap,
+	// every execution is followed until its end is seen, including those
+	// whose requester did not ask for a result.
 	Silent bool `json:"silent,omitempty"`
+	// Slot is the running-cap slot the execution holds until its end.
+	Slot string `json:"slot,omitempty"`
 }
 
 // key is the record's key in the bucket.

@@ -29,12 +29,47 @@ import (
 	"github.com/tmc-runner/tmc-runner/claims"
 	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/follow"
+	"github.com/tmc-runner/tmc-runner/limits"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
 	"github.com/tmc-runner/tmc-runner/telemetry"
 	"github.com/tmc-runner/tmc-runner/tokenshare"
 	"github.com/tmc-runner/tmc-runner/worker"
 )
+
+// slotsDep is the worker's running cap, nil when none is configured.
+func (r *Runner) slotsDep() worker.Slots {
+	if r.slots == nil {
+		return nil
+	}
+	return r.slots
+}
+
+// collectSlots frees running slots left by a crash between taking a slot
+// and starting the run: held for a while by a request with no followed
+// execution and no live claim.
+func (r *Runner) collectSlots(ctx context.Context) error {
+	stale := r.opts.Config.Worker.ClaimStale + r.opts.Config.Worker.ReconcileSettle
+	ticker := time.NewTicker(10 * time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+		r.slots.Collect(ctx, 2*stale, func(ctx context.Context, requestID string) bool {
+			if tracked, err := r.follower.Tracked(ctx, requestID); err != nil || tracked {
+				return true
+			}
+			c, err := r.claims.Get(ctx, requestID)
+			if err != nil {
+				return true
+			}
+			return c != nil && c.State == claims.Starting && time.Since(c.HeartbeatTime()) < r.opts.Config.Worker.ClaimStale
+		})
+	}
+}
 
 // holderID names this replica in leases: host, process and a random part.
 func holderID() string {
@@ -87,6 +122,9 @@ type Runner struct {
 	breaker  *talend.Breaker
 	worker   *worker.Worker
 	follower *follow.Follower
+	fleet    *limits.Fleet
+	slots    *limits.Slots
+	claims   *claims.Store
 	admin    *http.Server
 	adminLn  net.Listener
 }
@@ -147,6 +185,12 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		shared = tokenshare.New(tokensKV, tokenshare.Options{Holder: holder, Credentials: cfg.Talend.Credentials()})
 	}
 	r := &Runner{opts: opts, log: log}
+	r.fleet = limits.New(kv, limits.Options{
+		Holder: holder, PerMinute: cfg.Worker.RateLimit, MonitoringPerMinute: cfg.Worker.MonitoringLimit,
+	})
+	if cfg.Worker.MaxRunning > 0 {
+		r.slots = limits.NewSlots(kv, cfg.Worker.MaxRunning, nil)
+	}
 	transport, err := talend.NewTransport(talend.TransportOptions{CAFile: cfg.Talend.CAFile, MaxConnsPerHost: cfg.Worker.Concurrency})
 	if err != nil {
 		return nil, err
@@ -161,11 +205,18 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		}),
 	}
 	recordTransition := talend.BreakerMetrics(mp, func() *talend.Breaker { return r.breaker })
+	// Fleet limits outside, breaker inside: a call waits for budget first
+	// and only then asks the breaker, so no call admitted before the
+	// breaker opened is sent after it, merely delayed by the budget.
 	r.breaker = talend.NewBreaker(otelhttp.NewTransport(transport, httpSpans...), talend.BreakerSettings{
 		ConsecutiveFailures: cfg.Talend.BreakerFailures,
 		OpenFor:             cfg.Talend.BreakerOpenFor,
 		OnStateChange: func(from, to gobreaker.State) {
 			recordTransition(from, to)
+			if to == gobreaker.StateOpen {
+				// The other replicas pause fetching too.
+				r.fleet.BreakerOpened(context.Background(), cfg.Talend.BreakerOpenFor)
+			}
 			level := slog.LevelWarn
 			if to == gobreaker.StateClosed {
 				level = slog.LevelInfo
@@ -178,7 +229,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	r.client, err = talend.NewClient(talend.Config{
 		BaseURL:     cfg.Talend.BaseURL(),
 		Credentials: cfg.Talend.Credentials(),
-		API:         &http.Client{Transport: r.breaker, Timeout: cfg.Talend.Timeout},
+		API:         &http.Client{Transport: &limits.Transport{Next: r.breaker, Fleet: r.fleet}, Timeout: cfg.Talend.Timeout},
 		TokenHTTP: &http.Client{
 			Transport: otelhttp.NewTransport(transport, httpSpans...),
 			Timeout:   cfg.Talend.Timeout,
@@ -254,16 +305,18 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	if opts.Tune != nil {
 		opts.Tune(&wcfg)
 	}
+	r.claims = claims.NewStore(kv, holder, nil)
 	r.worker, err = worker.New(wcfg, worker.Deps{
 		Talend:           r.client,
 		Events:           publisher,
 		Attempts:         broker.NewAttempts(kv),
 		Follower:         r.follower,
-		Claims:           claims.NewStore(kv, holder, nil),
+		Claims:           r.claims,
+		Slots:            r.slotsDep(),
 		Cancels:          broker.NewCancels(kv),
 		Requests:         requests,
 		Timers:           timers,
-		BreakerOpen:      r.breaker.Open,
+		BreakerOpen:      func() bool { return r.breaker.Open() || r.fleet.BreakerOpenElsewhere() },
 		CredentialsValid: r.client.Tokens().CredentialsValid,
 		Connected:        opts.Conn.IsConnected,
 		Pending: func(ctx context.Context) (uint64, error) {
@@ -307,6 +360,26 @@ func (r *Runner) Run(ctx context.Context) error {
 		adminDone = make(chan error, 1)
 		go func() { adminDone <- r.admin.Serve(r.adminLn) }()
 	}
+	// The follower, fleet limits and slots serve the worker: they stop
+	// after it, so in-flight calls keep their budget during the drain.
+	helperCtx, stopHelpers := context.WithCancel(context.WithoutCancel(ctx))
+	var helpers sync.WaitGroup
+	var helperErrs []error
+	var errMu sync.Mutex
+	runHelper := func(f func(context.Context) error) {
+		helpers.Go(func() {
+			if err := f(helperCtx); err != nil {
+				errMu.Lock()
+				helperErrs = append(helperErrs, err)
+				errMu.Unlock()
+			}
+		})
+	}
+	runHelper(r.fleet.Run)
+	if r.slots != nil {
+		runHelper(r.slots.Run)
+		runHelper(r.collectSlots)
+	}
 	followCtx, stopFollowing := context.WithCancel(ctx)
 	followDone := make(chan error, 1)
 	go func() { followDone <- r.follower.Run(followCtx) }()
@@ -315,6 +388,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	if ferr := <-followDone; ferr != nil {
 		err = errors.Join(err, ferr)
 	}
+	stopHelpers()
+	helpers.Wait()
+	err = errors.Join(append(helperErrs, err)...)
 	if r.admin != nil {
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = r.admin.Shutdown(shutdownCtx)

@@ -21,6 +21,9 @@ var (
 	// ErrBreakerOpen means the circuit breaker is refusing calls after
 	// systemic failures.
 	ErrBreakerOpen = errors.New("talend: circuit breaker open")
+	// ErrNotSent marks a call given up before it was sent (e.g. while
+	// waiting for the fleet's rate budget): it cannot have started anything.
+	ErrNotSent = errors.New("talend: call not sent")
 )
 
 // ErrorBody is Talend's documented error response (ErrorResponse in the spec).
@@ -76,7 +79,7 @@ func IsSystemic(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
-	if errors.Is(err, ErrBreakerOpen) || errors.Is(err, ErrTokenUnavailable) {
+	if errors.Is(err, ErrBreakerOpen) || errors.Is(err, ErrTokenUnavailable) || errors.Is(err, ErrNotSent) {
 		return true
 	}
 	if errors.Is(err, ErrCredentials) {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/claims"
 	"github.com/tmc-runner/tmc-runner/messages"
@@ -40,8 +42,9 @@ func (h *heldClaim) do(f func(*claims.Claim) error) error {
 }
 
 // heartbeat renews the claim every ClaimHeartbeat until stopped, so other
-// replicas see the holder alive during a long call.
-func (w *Worker) heartbeat(ctx context.Context, held *heldClaim) (stop func()) {
+// replicas see the holder alive during a long call. If the claim was taken
+// over (the compare-and-set fails), lost is called: the call must stop.
+func (w *Worker) heartbeat(ctx context.Context, held *heldClaim, lost func()) (stop func()) {
 	var (
 		mu      sync.Mutex
 		stopped bool
@@ -59,6 +62,9 @@ func (w *Worker) heartbeat(ctx context.Context, held *heldClaim) (stop func()) {
 		}
 		if err := held.do(func(c *claims.Claim) error { return w.deps.Claims.Beat(ctx, c) }); err != nil {
 			w.log.WarnContext(ctx, "claim heartbeat failed", "requestId", requestID, "error", err)
+			if errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSequence(err) {
+				lost()
+			}
 		}
 		timer.Reset(w.cfg.ClaimHeartbeat)
 	})
@@ -79,7 +85,8 @@ func callMayHaveStarted(err error) bool {
 	switch {
 	case errors.As(err, &apiErr):
 		return false
-	case errors.Is(err, talend.ErrBreakerOpen), errors.Is(err, talend.ErrTokenUnavailable), errors.Is(err, talend.ErrCredentials):
+	case errors.Is(err, talend.ErrBreakerOpen), errors.Is(err, talend.ErrTokenUnavailable), errors.Is(err, talend.ErrCredentials),
+		errors.Is(err, talend.ErrNotSent):
 		return false
 	}
 	return true
@@ -134,6 +141,13 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	candidates, err := w.candidates(ctx, req, from, to.Add(w.cfg.ReconcileSettle))
 	if err != nil {
 		if now.Sub(time.UnixMilli(claim.ReconcilingSince)) > w.cfg.ReconcileTimeout {
+			if req.OnUnknown == messages.OnUnknownRerun {
+				// Talend cannot tell either: the request asked for a rerun
+				// rather than an unknown (the new call takes the normal
+				// error path while Talend stays away).
+				base.reason = "reconciled: rerun"
+				return w.startClaimed(ctx, req, orig, base, &heldClaim{claim: claim}, true)
+			}
 			return w.unknown(ctx, req, base, fmt.Sprintf("Talend could not be asked within %s whether the run started: %s", w.cfg.ReconcileTimeout, w.redact(req, err.Error())))
 		}
 		return w.retry(ctx, base, err)
@@ -209,7 +223,13 @@ func (w *Worker) adopt(ctx context.Context, req *messages.Request, base decision
 	if err := w.deps.Claims.Own(ctx, executionID, req.RequestID); err != nil {
 		return w.retry(ctx, base, err)
 	}
-	return w.accepted(ctx, req, base, executionID)
+	slot := ""
+	if w.deps.Slots != nil {
+		// An adopted run counts toward the cap like any other; if the cap
+		// is full it still runs (it exists): it is followed without a slot.
+		slot, _ = w.deps.Slots.Acquire(ctx, req.RequestID)
+	}
+	return w.accepted(ctx, req, base, executionID, slot)
 }
 
 // unknown ends a request whose run may have started but cannot be told.
@@ -221,4 +241,11 @@ func (w *Worker) unknown(ctx context.Context, req *messages.Request, base decisi
 	}
 	base.act, base.outcome, base.err = actAck, outUnknown, detail
 	return base
+}
+
+// isWrongLastSequence recognises a compare-and-set conflict.
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

@@ -39,6 +39,8 @@ const (
 	outClaimed       = "claimed"
 	outReconcileWait = "reconcile_wait"
 	outUnknown       = "unknown"
+	// outCapped: the running cap filled up between fetch and start.
+	outCapped = "capped"
 )
 
 // decision is the single result of processing one message.
@@ -91,7 +93,7 @@ func (w *Worker) apply(ctx context.Context, msg jetstream.Msg, d decision) {
 	switch d.outcome {
 	case outRejected, outFailed, outAttempt, outPanic, outUnknown:
 		level = slog.LevelWarn
-	case outRetry, outDuplicate, outShutdown, outCancelPending, outClaimed, outReconcileWait:
+	case outRetry, outDuplicate, outShutdown, outCancelPending, outClaimed, outReconcileWait, outCapped:
 		level = slog.LevelDebug
 		if d.outcome == outRetry && d.attempt == 1 {
 			level = slog.LevelInfo // first sign of trouble is worth a line

@@ -207,7 +207,21 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 			return w.retry(ctx, base, err)
 		}
 	}
-	stopBeat := w.heartbeat(ctx, held)
+	var slot string
+	if w.deps.Slots != nil {
+		var err error
+		slot, err = w.deps.Slots.Acquire(ctx, req.RequestID)
+		if err != nil {
+			// The cap filled up between the fetch and now: give the request
+			// back; fetching pauses until a slot frees up.
+			w.releaseClaim(context.WithoutCancel(ctx), &held.claim)
+			base.act, base.outcome, base.delay, base.err = actNak, outCapped, w.backoff(1), err.Error()
+			return base
+		}
+	}
+	callCtx, cancelCall := context.WithCancel(ctx)
+	defer cancelCall()
+	stopBeat := w.heartbeat(ctx, held, cancelCall)
 	defer func() {
 		if r := recover(); r != nil {
 			// Whether the call went out is unknown: say so on the claim,
@@ -217,7 +231,7 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 			panic(r)
 		}
 	}()
-	executionID, err := w.start(ctx, req)
+	executionID, err := w.start(callCtx, req)
 	stopBeat()
 	if err != nil {
 		// The claim outlives a shutdown's cancellation.
@@ -234,8 +248,10 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 		case errors.As(err, &apiErr) && !apiErr.Retryable():
 			// Refused for good: the claim stays, so a republished copy finds
 			// the failed event instead of calling again.
+			w.releaseSlot(writeCtx, slot)
 		default:
 			// Nothing started and a retry may work: let the retry claim afresh.
+			w.releaseSlot(writeCtx, slot)
 			w.releaseClaim(writeCtx, &held.claim)
 		}
 		return w.afterError(ctx, req, orig, base, err)
@@ -247,7 +263,16 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 		base.act, base.outcome, base.err = actNak, outShutdown, "execution owner not recorded: "+err.Error()
 		return base
 	}
-	return w.accepted(ctx, req, base, executionID)
+	return w.accepted(ctx, req, base, executionID, slot)
+}
+
+func (w *Worker) releaseSlot(ctx context.Context, slot string) {
+	if slot == "" {
+		return
+	}
+	if err := w.deps.Slots.Release(ctx, slot); err != nil {
+		w.log.WarnContext(ctx, "running slot not released; slot collection will free it", "slot", slot, "error", err)
+	}
 }
 
 func (w *Worker) releaseClaim(ctx context.Context, c *claims.Claim) {
@@ -258,13 +283,16 @@ func (w *Worker) releaseClaim(ctx context.Context, c *claims.Claim) {
 
 // accepted publishes the accepted event and registers the follow-up; the
 // request is acked only once both are stored.
-func (w *Worker) accepted(ctx context.Context, req *messages.Request, base decision, executionID string) decision {
+func (w *Worker) accepted(ctx context.Context, req *messages.Request, base decision, executionID, slot string) decision {
 	base.executionID = executionID
 	acceptedAt := w.now()
 	ev := messages.NewEvent(messages.Accepted, req, base.attempt, acceptedAt)
 	ev.ExecutionID = executionID
 	followed := w.followed(req)
 	ev.Followed = &followed
+	// With a running cap, every execution is followed until its end is
+	// seen (silently when nobody asked for a result): that frees its slot.
+	track := followed || slot != ""
 	// The run has started: its event (and its follow-up) must be stored
 	// before the ack, and a nak now would start it a second time, so keep
 	// trying while the message is kept alive.
@@ -272,8 +300,9 @@ func (w *Worker) accepted(ctx context.Context, req *messages.Request, base decis
 		base.act, base.outcome, base.err = actNak, outShutdown, "accepted event not stored: "+err.Error()
 		return base
 	}
-	if followed {
+	if track {
 		rec := w.followRecord(req, base.attempt, executionID, acceptedAt)
+		rec.Silent, rec.Slot = !followed, slot
 		if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Follower.Track(ctx, rec) }); err != nil {
 			base.act, base.outcome, base.err = actNak, outShutdown, "follow-up not registered: "+err.Error()
 			return base

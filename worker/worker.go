@@ -38,6 +38,13 @@ type Follower interface {
 	Track(ctx context.Context, rec follow.Record) error
 }
 
+// Slots is the fleet's cap on running executions.
+type Slots interface {
+	Full() bool
+	Acquire(ctx context.Context, requestID string) (string, error)
+	Release(ctx context.Context, slot string) error
+}
+
 // Cancels records and reads cancellation marks.
 type Cancels interface {
 	Mark(ctx context.Context, requestID string) error
@@ -112,6 +119,7 @@ type Deps struct {
 	Claims   Claims   // required: one request, one run
 	Follower Follower // nil: nothing is followed
 	Cancels  Cancels  // nil: cancellations are not supported
+	Slots    Slots    // nil: no running cap
 	Requests Fetcher  // the shared durable consumer of TMC_RUNS
 	Timers   Fetcher  // the durable consumer of due timers
 	// BreakerOpen and CredentialsValid gate fetching; Connected feeds
@@ -338,6 +346,8 @@ func (w *Worker) pauseReason() string {
 		return "Talend credentials rejected"
 	case w.deps.BreakerOpen():
 		return "Talend circuit breaker open"
+	case w.deps.Slots != nil && w.deps.Slots.Full():
+		return "running cap reached"
 	}
 	return ""
 }

@@ -31,6 +31,7 @@ commands:
   submit      publish one run request; --wait prints its events until the end
   status      a request's events so far: tmc-runner status ID [--route R]
   cancel      cancel a request or stop its run: tmc-runner cancel ID [--route R] [--wait]
+  redrive     list dead letters, or re-send them: tmc-runner redrive [--route R] [--all | ID ...] [--dry-run]
   simulator   the Talend Cloud API simulator alone
 
 Configuration comes from the environment; see README.md.
@@ -72,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runStatus(ctx, rest, stdout, stderr)
 	case "cancel":
 		return runCancel(ctx, rest, stdout, stderr)
+	case "redrive":
+		return runRedrive(ctx, rest, stdout, stderr)
 	case "simulator":
 		return runSimulator(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":

@@ -1,0 +1,273 @@
+// Package limits makes the replicas of the fleet behave as one client
+// towards Talend without a lock on the hot path:
+//
+//   - a request-rate budget (Talend allows 1,800 processing requests/min
+//     per source IP, 600/min for the Monitoring API) split evenly among the
+//     live replicas, each enforcing its share locally; membership is a
+//     heartbeat key per replica in the claims bucket;
+//   - a 429 from Talend slows the whole fleet: the replica that got it
+//     writes a pause everyone honours;
+//   - an open breaker on one replica pauses fetching on all of them (a
+//     signal key with an expiry, not gobreaker's distributed breaker,
+//     which would hold a cluster-wide lock around every call);
+//   - a cap on running executions (slots.go).
+//
+// A *Fleet is safe for concurrent use; Run owns its goroutines.
+package limits
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
+
+	"github.com/tmc-runner/tmc-runner/talend"
+)
+
+// Options configure a Fleet.
+type Options struct {
+	Holder string
+	// PerMinute is the fleet's processing budget (TMC_RATE_LIMIT);
+	// MonitoringPerMinute the Monitoring API's. Zero: no limit.
+	PerMinute, MonitoringPerMinute float64
+	// Heartbeat is how often this replica says it is alive (default 2s); a
+	// member silent for three heartbeats has left.
+	Heartbeat time.Duration
+	// Slowdown is the pause after a 429 without Retry-After (default 2s).
+	Slowdown time.Duration
+	Now      func() time.Time
+}
+
+// Fleet coordinates the replicas' use of Talend.
+type Fleet struct {
+	kv   jetstream.KeyValue
+	opts Options
+
+	mu           sync.Mutex
+	members      map[string]time.Time // holder -> last heartbeat
+	pauseUntil   time.Time            // 429: everybody waits
+	breakerUntil time.Time            // some replica's breaker is open
+	processing   *rate.Limiter
+	monitoring   *rate.Limiter
+}
+
+const (
+	memberPrefix = "member."
+	pauseKey     = "signal.pause"
+	breakerKey   = "signal.breaker"
+)
+
+// New returns a fleet coordinator on kv (the claims bucket).
+func New(kv jetstream.KeyValue, opts Options) *Fleet {
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = 2 * time.Second
+	}
+	if opts.Slowdown <= 0 {
+		opts.Slowdown = 2 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	f := &Fleet{kv: kv, opts: opts, members: map[string]time.Time{opts.Holder: opts.Now()}}
+	f.processing = newLimiter(opts.PerMinute)
+	f.monitoring = newLimiter(opts.MonitoringPerMinute)
+	return f
+}
+
+func newLimiter(perMinute float64) *rate.Limiter {
+	if perMinute <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(perMinute/60), 1)
+}
+
+// Run keeps this replica's membership, follows the others and the
+// fleet-wide signals until ctx ends.
+func (f *Fleet) Run(ctx context.Context) error {
+	watcher, err := f.kv.WatchFiltered(ctx, []string{memberPrefix + ">", "signal.>"})
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { f.watch(watcher) })
+	defer func() {
+		_ = watcher.Stop()
+		wg.Wait()
+		leaveCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = f.kv.Delete(leaveCtx, memberPrefix+f.opts.Holder)
+		cancel()
+	}()
+	ticker := time.NewTicker(f.opts.Heartbeat)
+	defer ticker.Stop()
+	for {
+		_, _ = f.kv.Put(ctx, memberPrefix+f.opts.Holder, []byte(strconv.FormatInt(f.opts.Now().UnixMilli(), 10)))
+		f.rebalance()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+	}
+}
+
+func (f *Fleet) watch(w jetstream.KeyWatcher) {
+	for upd := range w.Updates() {
+		if upd == nil {
+			continue
+		}
+		f.mu.Lock()
+		switch key := upd.Key(); {
+		case strings.HasPrefix(key, memberPrefix):
+			holder := strings.TrimPrefix(key, memberPrefix)
+			if upd.Operation() == jetstream.KeyValuePut {
+				ms, _ := strconv.ParseInt(string(upd.Value()), 10, 64)
+				f.members[holder] = time.UnixMilli(ms)
+			} else if holder != f.opts.Holder {
+				delete(f.members, holder)
+			}
+		case key == pauseKey || key == breakerKey:
+			var until int64
+			_ = json.Unmarshal(upd.Value(), &until)
+			t := time.UnixMilli(until)
+			if key == pauseKey && t.After(f.pauseUntil) {
+				f.pauseUntil = t
+			}
+			if key == breakerKey && t.After(f.breakerUntil) {
+				f.breakerUntil = t
+			}
+		}
+		f.mu.Unlock()
+	}
+}
+
+// Members is the number of live replicas (at least this one).
+func (f *Fleet) Members() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.liveLocked()
+}
+
+func (f *Fleet) liveLocked() int {
+	now := f.opts.Now()
+	n := 0
+	for holder, seen := range f.members {
+		if holder == f.opts.Holder || now.Sub(seen) < 3*f.opts.Heartbeat {
+			n++
+		}
+	}
+	return max(n, 1)
+}
+
+// rebalance gives this replica its share of the budgets.
+func (f *Fleet) rebalance() {
+	f.mu.Lock()
+	n := float64(f.liveLocked())
+	f.mu.Unlock()
+	if f.processing != nil {
+		f.processing.SetLimit(rate.Limit(f.opts.PerMinute / 60 / n))
+	}
+	if f.monitoring != nil {
+		f.monitoring.SetLimit(rate.Limit(f.opts.MonitoringPerMinute / 60 / n))
+	}
+}
+
+// Wait blocks until a call to path may be sent: after any fleet-wide
+// pause, within this replica's share of the budget.
+func (f *Fleet) Wait(ctx context.Context, path string) error {
+	for {
+		f.mu.Lock()
+		pause := f.pauseUntil.Sub(f.opts.Now())
+		f.mu.Unlock()
+		if pause <= 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+	limiter := f.processing
+	if strings.HasPrefix(path, "/monitoring/") {
+		limiter = f.monitoring
+	}
+	if limiter == nil || strings.HasPrefix(path, "/security/") {
+		return nil
+	}
+	return limiter.Wait(ctx)
+}
+
+// Pause makes the whole fleet wait for d (a 429: Retry-After, or the
+// default slowdown).
+func (f *Fleet) Pause(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		d = f.opts.Slowdown
+	}
+	until := f.opts.Now().Add(d)
+	f.mu.Lock()
+	if until.After(f.pauseUntil) {
+		f.pauseUntil = until
+	}
+	f.mu.Unlock()
+	f.signal(ctx, pauseKey, until)
+}
+
+// BreakerOpened tells the fleet this replica's breaker opened for d.
+func (f *Fleet) BreakerOpened(ctx context.Context, d time.Duration) {
+	until := f.opts.Now().Add(d)
+	f.mu.Lock()
+	if until.After(f.breakerUntil) {
+		f.breakerUntil = until
+	}
+	f.mu.Unlock()
+	f.signal(ctx, breakerKey, until)
+}
+
+// BreakerOpenElsewhere reports whether some replica's breaker is open.
+func (f *Fleet) BreakerOpenElsewhere() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.opts.Now().Before(f.breakerUntil)
+}
+
+func (f *Fleet) signal(ctx context.Context, key string, until time.Time) {
+	data, _ := json.Marshal(until.UnixMilli())
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_, _ = f.kv.Put(ctx, key, data)
+}
+
+// Transport applies the fleet's limits to every Talend call: it waits for
+// budget before sending, and turns a 429 into a fleet-wide pause.
+type Transport struct {
+	Next  http.RoundTripper
+	Fleet *Fleet
+}
+
+var _ http.RoundTripper = (*Transport)(nil)
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := t.Fleet.Wait(req.Context(), req.URL.Path); err != nil {
+		return nil, fmt.Errorf("%w: waiting for the fleet's rate budget: %w", talend.ErrNotSent, err)
+	}
+	resp, err := t.Next.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
+		var d time.Duration
+		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
+			d = time.Duration(secs) * time.Second
+		}
+		t.Fleet.Pause(req.Context(), d)
+	}
+	return resp, err
+}
+
+var errNoSlot = errors.New("running cap reached")
