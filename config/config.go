@@ -34,6 +34,9 @@ type NATS struct {
 	CA           string `env:"NATS_CA"`
 	Cert         string `env:"NATS_CERT"`
 	Key          string `env:"NATS_KEY"`
+	// InboxPrefix replaces _INBOX for replies: users limited to one route
+	// may subscribe only to their own prefix (deployments/nats).
+	InboxPrefix string `env:"NATS_INBOX_PREFIX"`
 }
 
 // Talend is how to reach Talend Cloud.

@@ -43,5 +43,8 @@ func (n NATS) Options(name string) ([]nats.Option, error) {
 	if n.Cert != "" {
 		opts = append(opts, nats.ClientCert(n.Cert, n.Key))
 	}
+	if n.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(n.InboxPrefix))
+	}
 	return opts, nil
 }
