@@ -5,7 +5,7 @@ GOBIN       := $(shell $(GO) env GOPATH)/bin
 STATICCHECK := $(GOBIN)/staticcheck
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: run build test test-quick lint fuzz bench-quick bench-follow tools clean
+.PHONY: run build test test-quick lint fuzz bench-quick bench-follow deploy-check tools clean
 
 ## run: the embedded default — NATS + JetStream, Talend simulator, worker
 run:
@@ -15,8 +15,8 @@ run:
 build:
 	$(GO) build -o $(BIN) ./cmd/tmc-runner
 
-## test: every check CI runs — lint, all tests with the race detector, fuzz smoke runs
-test: lint
+## test: every check CI runs — lint, deployment validation, all tests with the race detector, fuzz smoke runs
+test: lint deploy-check
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=10s
 
@@ -45,6 +45,10 @@ bench-quick:
 ## bench-follow: Talend calls per followed execution and result delay (time-compressed)
 bench-follow:
 	TMC_BENCH=1 $(GO) test -run TestFollowEconomy -count=1 -v ./bench
+
+## deploy-check: kustomize + kubeconform -strict (schemas generated from Go modules), alert rule tests, Dockerfile lint
+deploy-check:
+	bash deployments/validate.sh
 
 tools: $(STATICCHECK)
 $(STATICCHECK):

@@ -57,6 +57,9 @@ type Fleet struct {
 	breakerUntil time.Time            // some replica's breaker is open
 	processing   *rate.Limiter
 	monitoring   *rate.Limiter
+
+	ready     chan struct{} // closed once this replica joined and saw the others
+	readyOnce sync.Once
 }
 
 const (
@@ -76,7 +79,7 @@ func New(kv jetstream.KeyValue, opts Options) *Fleet {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	f := &Fleet{kv: kv, opts: opts, members: map[string]time.Time{opts.Holder: opts.Now()}}
+	f := &Fleet{kv: kv, opts: opts, members: map[string]time.Time{opts.Holder: opts.Now()}, ready: make(chan struct{})}
 	f.processing = newLimiter(opts.PerMinute)
 	f.monitoring = newLimiter(opts.MonitoringPerMinute)
 	return f
@@ -118,9 +121,16 @@ func (f *Fleet) Run(ctx context.Context) error {
 	}
 }
 
+// Ready is closed once this replica has announced itself and knows the
+// members already there: its budget share is right from its first call.
+func (f *Fleet) Ready() <-chan struct{} { return f.ready }
+
 func (f *Fleet) watch(w jetstream.KeyWatcher) {
 	for upd := range w.Updates() {
 		if upd == nil {
+			// Initial values delivered: the member count is known.
+			f.rebalance()
+			f.readyOnce.Do(func() { close(f.ready) })
 			continue
 		}
 		f.mu.Lock()

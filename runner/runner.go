@@ -376,6 +376,12 @@ func (r *Runner) Run(ctx context.Context) error {
 		})
 	}
 	runHelper(r.fleet.Run)
+	select {
+	case <-r.fleet.Ready():
+	case <-time.After(5 * time.Second):
+		r.log.Warn("fleet membership not known after 5s; starting with this replica's view")
+	case <-ctx.Done():
+	}
 	if r.slots != nil {
 		runHelper(r.slots.Run)
 		runHelper(r.collectSlots)

@@ -95,6 +95,8 @@ type Stats struct {
 	// experiment can compute Talend calls per execution.
 	APICalls   int
 	MaxRunning int // most executions running (dispatching/executing) at once
+	// RateLimited counts calls refused with 429 by SetRateLimit.
+	RateLimited int
 }
 
 // Simulator is a fake Talend Cloud API. Create it with New; it is safe for
@@ -111,6 +113,7 @@ type Simulator struct {
 	behaviours map[string]Behaviour
 	execs      map[string]*execution
 	live       []*execution // executions that may still be running (see addLocked)
+	limit      *rateLimit   // SetRateLimit; nil: none
 	faults     faultState
 	stats      Stats
 }
@@ -351,6 +354,9 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 	}
 	if s.applyFaults(rec, r, rt.token) {
+		return
+	}
+	if !rt.token && s.applyRateLimit(rec, r) {
 		return
 	}
 	if !rt.token && !s.authorize(rec, r) {
