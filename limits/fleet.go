@@ -19,7 +19,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -28,8 +27,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
-
-	"github.com/tmc-runner/tmc-runner/talend"
 )
 
 // Options configure a Fleet.
@@ -134,8 +131,10 @@ func (f *Fleet) watch(w jetstream.KeyWatcher) {
 			continue
 		}
 		f.mu.Lock()
+		membership := false
 		switch key := upd.Key(); {
 		case strings.HasPrefix(key, memberPrefix):
+			membership = true
 			holder := strings.TrimPrefix(key, memberPrefix)
 			if upd.Operation() == jetstream.KeyValuePut {
 				ms, _ := strconv.ParseInt(string(upd.Value()), 10, 64)
@@ -155,6 +154,11 @@ func (f *Fleet) watch(w jetstream.KeyWatcher) {
 			}
 		}
 		f.mu.Unlock()
+		if membership {
+			// A replica joined or left: shares change now, not at the next
+			// heartbeat, or the fleet overshoots its budget meanwhile.
+			f.rebalance()
+		}
 	}
 }
 
@@ -255,8 +259,8 @@ func (f *Fleet) signal(ctx context.Context, key string, until time.Time) {
 	_, _ = f.kv.Put(ctx, key, data)
 }
 
-// Transport applies the fleet's limits to every Talend call: it waits for
-// budget before sending, and turns a 429 into a fleet-wide pause.
+// Transport turns a 429 from Talend into a fleet-wide pause. (The budget
+// itself is waited for by the client before it takes a token: Fleet.Wait.)
 type Transport struct {
 	Next  http.RoundTripper
 	Fleet *Fleet
@@ -266,9 +270,6 @@ var _ http.RoundTripper = (*Transport)(nil)
 
 // RoundTrip implements http.RoundTripper.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := t.Fleet.Wait(req.Context(), req.URL.Path); err != nil {
-		return nil, fmt.Errorf("%w: waiting for the fleet's rate budget: %w", talend.ErrNotSent, err)
-	}
 	resp, err := t.Next.RoundTrip(req)
 	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
 		var d time.Duration

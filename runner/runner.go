@@ -237,6 +237,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		TracerProvider: tp,
 		MeterProvider:  mp,
 		Shared:         shared,
+		Admit:          r.fleet.Wait,
 		Tokens: talend.TokenCacheSettings{
 			RefreshBefore: cfg.Talend.TokenRefresh,
 			OnCredentials: func(valid bool) {

@@ -48,6 +48,10 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// MeterProvider receives call durations and token fetch counts.
 	MeterProvider metric.MeterProvider
+	// Admit, when set, is waited for before each API call, before the
+	// token is taken from the cache: the fleet's rate budget. (Waiting
+	// after taking the token could send a token that expired meanwhile.)
+	Admit func(ctx context.Context, path string) error
 	// Shared, when set, shares tokens with the rest of the fleet: fetches
 	// go through it (it calls the token endpoint itself only when the
 	// fleet needs a new token), and a 401 invalidates the token there too.
@@ -72,6 +76,7 @@ type Client struct {
 	now       func() time.Time
 	metrics   *instruments
 	shared    SharedTokens
+	admit     func(ctx context.Context, path string) error
 }
 
 // NewClient returns a client; Close releases its token cache.
@@ -117,6 +122,7 @@ func NewClient(cfg Config) (*Client, error) {
 		fetch = func(ctx context.Context) (Token, error) { return cfg.Shared.Fetch(ctx, c.fetchToken, refreshBefore) }
 	}
 	c.tokens = NewTokenCache(fetch, cfg.Tokens)
+	c.admit = cfg.Admit
 	return c, nil
 }
 
@@ -188,6 +194,11 @@ func (c *Client) Probe(ctx context.Context) error {
 // token.
 func (c *Client) call(ctx context.Context, op, method, path string, body []byte, want int, out any) error {
 	for attempt := 0; ; attempt++ {
+		if c.admit != nil {
+			if err := c.admit(ctx, path); err != nil {
+				return fmt.Errorf("talend %s: %w: %w", op, ErrNotSent, err)
+			}
+		}
 		tok, err := c.tokens.Token(ctx)
 		if err != nil {
 			return fmt.Errorf("talend %s: %w", op, err)

@@ -106,6 +106,13 @@ func (s *Shared) Fetch(ctx context.Context, local talend.TokenFetcher, refreshBe
 		// Stale or missing: one replica refreshes.
 		leaseRev, mine := s.takeLease(ctx)
 		if mine {
+			// Look again under the lease: another replica may have
+			// refreshed between our read and our taking the lease.
+			if again, againLife, _, err := s.current(ctx); err == nil && again.Value != "" && again.Value != tok.Value &&
+				s.now().Before(again.Expiry.Add(-min(refreshBefore, againLife/3))) {
+				s.releaseLease(ctx, leaseRev)
+				return again, nil
+			}
 			fresh, err := local(ctx)
 			if err == nil {
 				s.store(ctx, fresh, rev)
@@ -114,7 +121,7 @@ func (s *Shared) Fetch(ctx context.Context, local talend.TokenFetcher, refreshBe
 			return fresh, err
 		}
 		// Someone else is refreshing: wait for their value, then look again.
-		if tok.Value != "" && now.Before(tok.Expiry.Add(-s.margin)) {
+		if tok.Value != "" && now.Before(tok.Expiry.Add(-min(s.margin, life/10))) {
 			return tok, nil // still usable meanwhile
 		}
 		if attempt >= int(s.leaseTTL/(250*time.Millisecond))+1 {

@@ -262,12 +262,20 @@ type workerEnv struct {
 
 func newWorkerEnv(t *testing.T, latency time.Duration) *workerEnv {
 	t.Helper()
+	return newWorkerEnvWith(t, talendsim.Options{KnowAll: true, Latency: latency})
+}
+
+// newWorkerEnvWith is newWorkerEnv with simulator options of the test's
+// choosing (the client is always w-client/w-secret).
+func newWorkerEnvWith(t *testing.T, simOpts talendsim.Options) *workerEnv {
+	t.Helper()
 	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Stop)
-	sim := talendsim.New(talendsim.Options{KnowAll: true, Latency: latency, Clients: map[string]string{"w-client": "w-secret"}})
+	simOpts.Clients = map[string]string{"w-client": "w-secret"}
+	sim := talendsim.New(simOpts)
 	hs := httptest.NewServer(sim)
 	t.Cleanup(hs.Close)
 	nc, err := nats.Connect(srv.URL())
