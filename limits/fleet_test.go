@@ -71,3 +71,48 @@ func TestMembershipSplitsTheBudget(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// One replica's open breaker pauses the others; a 429 pauses everyone's
+// calls for its Retry-After.
+func TestSignalsReachTheFleet(t *testing.T) {
+	kv := claimsBucket(t)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := New(kv, Options{Holder: "a", PerMinute: 6000})
+	b := New(kv, Options{Holder: "b", PerMinute: 6000})
+	for _, f := range []*Fleet{a, b} {
+		wg.Go(func() { _ = f.Run(ctx) })
+		<-f.Ready()
+	}
+	if b.BreakerOpenElsewhere() {
+		t.Fatal("breaker signalled before any opened")
+	}
+	a.BreakerOpened(ctx, 2*time.Second)
+	waitUntil(t, "b to see a's breaker", b.BreakerOpenElsewhere)
+	a.Pause(ctx, 700*time.Millisecond)
+	waitUntil(t, "b to see the pause", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.pauseUntil.After(time.Now().Add(300 * time.Millisecond))
+	})
+	start := time.Now()
+	if err := b.Wait(ctx, "/processing/executions"); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < 200*time.Millisecond {
+		t.Errorf("b sent %s after a 429 pause of 700ms", waited)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
