@@ -5,7 +5,7 @@ GOBIN       := $(shell $(GO) env GOPATH)/bin
 STATICCHECK := $(GOBIN)/staticcheck
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: run build test test-quick lint fuzz bench-quick bench-follow deploy-check tools clean
+.PHONY: run build test test-quick lint fuzz bench-quick bench-follow deploy-check chaos tools clean
 
 ## run: the embedded default — NATS + JetStream, Talend simulator, worker
 run:
@@ -49,6 +49,10 @@ bench-follow:
 ## deploy-check: kustomize + kubeconform -strict (schemas generated from Go modules), alert rule tests, Dockerfile lint
 deploy-check:
 	bash deployments/validate.sh
+
+## chaos: the chaos suite at 10,000 requests (kill -9, nats-server restarts, Talend faults); make test runs 1,000
+chaos:
+	CHAOS_REQUESTS=10000 $(GO) test -count=1 -v -timeout 30m -run '^TestChaos$$' ./chaos
 
 tools: $(STATICCHECK)
 $(STATICCHECK):

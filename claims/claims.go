@@ -14,6 +14,8 @@ package claims
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -194,3 +196,61 @@ func (s *Store) Save(ctx context.Context, c *Claim) error { return s.update(ctx,
 
 // Now is the store's clock.
 func (s *Store) Now() time.Time { return s.now() }
+
+// InCall is a request whose Talend call is in flight, or whose answer was
+// lost (its holder died or the call timed out), on one executable.
+type InCall struct {
+	RequestID string `json:"requestId"`
+	Route     string `json:"route"`
+	CallFrom  int64  `json:"callFrom"`
+}
+
+// ExecutableKey names an executable in bucket keys (ids may hold
+// characters keys cannot).
+func ExecutableKey(kind, executable string) string {
+	sum := sha256.Sum256([]byte(kind + "\x00" + executable))
+	return hex.EncodeToString(sum[:10])
+}
+
+func inCallKey(execKey, requestID string) string { return "incall." + execKey + "." + requestID }
+
+// EnterCall records, before a run call is sent, that requestID may start a
+// run of the executable. Reconciliation of a lost call needs to know every
+// other request that may have started a run of the same executable in the
+// same window: with two such requests and one run, the run cannot be
+// attributed.
+func (s *Store) EnterCall(ctx context.Context, execKey string, c InCall) error {
+	data, _ := json.Marshal(c)
+	if _, err := s.kv.Put(ctx, inCallKey(execKey, c.RequestID), data); err != nil {
+		return fmt.Errorf("record call of %s: %w", c.RequestID, err)
+	}
+	return nil
+}
+
+// LeaveCall removes the record once the call's outcome is stored.
+func (s *Store) LeaveCall(ctx context.Context, execKey, requestID string) error {
+	if err := s.kv.Delete(ctx, inCallKey(execKey, requestID)); err != nil {
+		return fmt.Errorf("clear call of %s: %w", requestID, err)
+	}
+	return nil
+}
+
+// InCalls lists the requests with calls recorded on an executable.
+func (s *Store) InCalls(ctx context.Context, execKey string) ([]InCall, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, "incall."+execKey+".>")
+	if err != nil {
+		return nil, fmt.Errorf("list calls: %w", err)
+	}
+	var out []InCall
+	for k := range lister.Keys() {
+		entry, err := s.kv.Get(ctx, k)
+		if err != nil {
+			continue // cleared meanwhile
+		}
+		var c InCall
+		if json.Unmarshal(entry.Value(), &c) == nil {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}

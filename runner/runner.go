@@ -287,6 +287,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		ReconcileSettle:         cfg.Worker.ReconcileSettle,
 		ClockSkew:               cfg.Worker.ClockSkew,
 		ReconcileTimeout:        cfg.Worker.ReconcileTimeout,
+		CallTimeout:             cfg.Talend.Timeout,
 		FleetUserID:             cfg.Talend.ServiceUserID,
 		Concurrency:             cfg.Worker.Concurrency,
 		AckWait:                 requests.CachedInfo().Config.AckWait,

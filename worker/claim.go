@@ -26,6 +26,21 @@ type Claims interface {
 	Save(ctx context.Context, c *claims.Claim) error
 	Own(ctx context.Context, executionID, requestID string) error
 	Owner(ctx context.Context, executionID string) (string, error)
+	Get(ctx context.Context, requestID string) (*claims.Claim, error)
+	EnterCall(ctx context.Context, execKey string, c claims.InCall) error
+	LeaveCall(ctx context.Context, execKey, requestID string) error
+	InCalls(ctx context.Context, execKey string) ([]claims.InCall, error)
+}
+
+func execKey(req *messages.Request) string {
+	return claims.ExecutableKey(string(req.Kind), req.Executable)
+}
+
+// leaveCall clears the request's in-call record once its outcome is stored.
+func (w *Worker) leaveCall(ctx context.Context, req *messages.Request) {
+	if err := w.deps.Claims.LeaveCall(context.WithoutCancel(ctx), execKey(req), req.RequestID); err != nil {
+		w.log.DebugContext(ctx, "in-call record not cleared", "requestId", req.RequestID, "error", err)
+	}
 }
 
 // heldClaim is a claim this worker holds while it works; the heartbeat
@@ -120,6 +135,13 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	if last == 0 || claim.Heartbeat > last {
 		last = claim.Heartbeat
 	}
+	if claim.CallTo == 0 && claim.CallFrom > 0 {
+		// The holder died before the call's answer: the call may have
+		// reached Talend as late as its timeout allows, whatever the last
+		// stored heartbeat (heartbeats stop being stored when NATS goes
+		// away; the HTTP call does not stop).
+		last = max(last, time.UnixMilli(claim.CallFrom).Add(w.cfg.CallTimeout).UnixMilli())
+	}
 	to := time.UnixMilli(last).Add(w.cfg.ClockSkew)
 	// A run just started may appear in lists late: look only once the
 	// window has settled.
@@ -138,9 +160,12 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	}
 	ctx, span := w.tracer.Start(ctx, "reconcile claim")
 	defer span.End()
-	candidates, err := w.candidates(ctx, req, from, to.Add(w.cfg.ReconcileSettle))
+	candidates, mine, err := w.candidates(ctx, req, from, to.Add(w.cfg.ReconcileSettle))
 	if err != nil {
-		if now.Sub(time.UnixMilli(claim.ReconcilingSince)) > w.cfg.ReconcileTimeout {
+		// Only Talend failing to answer counts toward the bound, not calls
+		// this fleet held back itself (budget, breaker).
+		notAsked := errors.Is(err, talend.ErrNotSent) || errors.Is(err, talend.ErrBreakerOpen)
+		if !notAsked && now.Sub(time.UnixMilli(claim.ReconcilingSince)) > w.cfg.ReconcileTimeout {
 			if req.OnUnknown == messages.OnUnknownRerun {
 				// Talend cannot tell either: the request asked for a rerun
 				// rather than an unknown (the new call takes the normal
@@ -152,16 +177,30 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 		}
 		return w.retry(ctx, base, err)
 	}
-	switch {
-	case len(candidates) == 0:
-		base.reason = "reconciled: not started"
-		return w.startClaimed(ctx, req, orig, base, &heldClaim{claim: claim}, true)
-	case len(candidates) == 1:
+	if mine {
 		base.reason = "reconciled: adopted"
 		return w.adopt(ctx, req, base, candidates[0])
 	}
-	detail := fmt.Sprintf("%d executions of %s started by this service account between %s and %s, none claimed by another request: cannot tell which is this request's",
-		len(candidates), req.Executable, from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339))
+	if len(candidates) == 0 {
+		base.reason = "reconciled: not started"
+		return w.startClaimed(ctx, req, orig, base, &heldClaim{claim: claim}, true)
+	}
+	// A run exists. It is this request's only if no other request may have
+	// started a run of the same executable meanwhile.
+	rivals, wait, err := w.rivals(ctx, req, from, to)
+	if err != nil {
+		return w.retry(ctx, base, err)
+	}
+	if wait {
+		base.act, base.outcome, base.delay = actNak, outClaimed, w.cfg.ClaimStale/2
+		return base
+	}
+	if len(candidates) == 1 && rivals == 0 {
+		base.reason = "reconciled: adopted"
+		return w.adopt(ctx, req, base, candidates[0])
+	}
+	detail := fmt.Sprintf("%d executions of %s started by this service account between %s and %s, none claimed by another request, and %d other requests whose calls were lost on it: cannot tell which is this request's",
+		len(candidates), req.Executable, from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339), rivals)
 	if req.OnUnknown == messages.OnUnknownRerun {
 		base.reason = "reconciled: rerun"
 		return w.startClaimed(ctx, req, orig, base, &heldClaim{claim: claim}, true)
@@ -173,12 +212,12 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 // by this fleet's service account through the API in the window, and not
 // owned by another request. An execution this request owns is the only
 // candidate.
-func (w *Worker) candidates(ctx context.Context, req *messages.Request, from, to time.Time) ([]string, error) {
+func (w *Worker) candidates(ctx context.Context, req *messages.Request, from, to time.Time) (ids []string, mine bool, err error) {
 	var items []talend.ListedExecution
 	for offset, pages := 0, 0; pages < 10; pages++ {
 		page, err := w.deps.Talend.ListExecutionsOf(ctx, req.Kind == messages.KindPlan, req.Executable, from, to, offset, 100)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		items = append(items, page.Items...)
 		offset += len(page.Items)
@@ -194,11 +233,11 @@ func (w *Worker) candidates(ctx context.Context, req *messages.Request, from, to
 		}
 		owner, err := w.deps.Claims.Owner(ctx, it.ExecutionID)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		switch {
 		case owner == req.RequestID:
-			return []string{it.ExecutionID}, nil
+			return []string{it.ExecutionID}, true, nil
 		case owner != "":
 			// Another request's run: and a sample of the fleet's own userId.
 			if fleetUser == "" {
@@ -215,7 +254,49 @@ func (w *Worker) candidates(ctx context.Context, req *messages.Request, from, to
 		}
 		out = append(out, it.ExecutionID)
 	}
-	return out, nil
+	return out, false, nil
+}
+
+// rivals counts the other requests whose calls on the same executable,
+// in an overlapping window, were lost too (their holders died, or their
+// answers never came, or they ended `unknown`): with such a rival, a run
+// found in the window cannot be attributed. A rival still being worked on
+// makes us wait (wait true): it will record its run. Records of rivals
+// that ended accepted (their run is owned) or failed (nothing started)
+// are cleared.
+func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to time.Time) (n int, wait bool, err error) {
+	calls, err := w.deps.Claims.InCalls(ctx, execKey(req))
+	if err != nil {
+		return 0, false, err
+	}
+	now := w.now()
+	for _, c := range calls {
+		callFrom := time.UnixMilli(c.CallFrom)
+		if c.RequestID == req.RequestID || callFrom.After(to) || callFrom.Add(w.cfg.CallTimeout+w.cfg.ClockSkew).Before(from) {
+			continue
+		}
+		claim, err := w.deps.Claims.Get(ctx, c.RequestID)
+		if err != nil {
+			return 0, false, err
+		}
+		if claim != nil && claim.State == claims.Starting && now.Sub(claim.HeartbeatTime()) < w.cfg.ClaimStale {
+			return 0, true, nil
+		}
+		ended := false
+		for _, t := range []messages.EventType{messages.Accepted, messages.Failed} {
+			ev, err := w.deps.Events.FindEvent(ctx, c.Route, c.RequestID, t)
+			if err != nil {
+				return 0, false, err
+			}
+			ended = ended || ev != nil
+		}
+		if ended || claim == nil {
+			_ = w.deps.Claims.LeaveCall(ctx, execKey(req), c.RequestID)
+			continue
+		}
+		n++
+	}
+	return n, false, nil
 }
 
 // adopt takes an execution found by reconciliation as this request's run.
@@ -223,6 +304,7 @@ func (w *Worker) adopt(ctx context.Context, req *messages.Request, base decision
 	if err := w.deps.Claims.Own(ctx, executionID, req.RequestID); err != nil {
 		return w.retry(ctx, base, err)
 	}
+	w.leaveCall(ctx, req)
 	slot := ""
 	if w.deps.Slots != nil {
 		// An adopted run counts toward the cap like any other; if the cap
@@ -239,6 +321,8 @@ func (w *Worker) unknown(ctx context.Context, req *messages.Request, base decisi
 	if err := w.deps.Events.Event(ctx, ev); err != nil {
 		return w.retry(ctx, base, err)
 	}
+	// The in-call record stays: this request's run, if any, is among the
+	// unattributed ones, so it remains a rival for overlapping windows.
 	base.act, base.outcome, base.err = actAck, outUnknown, detail
 	return base
 }

@@ -219,6 +219,14 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 			return base
 		}
 	}
+	// Recorded before the call: if this worker dies during it, the request
+	// reconciling another lost call on the same executable must know this
+	// one may have started a run too.
+	if err := w.deps.Claims.EnterCall(ctx, execKey(req), claims.InCall{RequestID: req.RequestID, Route: req.Route, CallFrom: w.now().UnixMilli()}); err != nil {
+		w.releaseSlot(context.WithoutCancel(ctx), slot)
+		w.releaseClaim(context.WithoutCancel(ctx), &held.claim)
+		return w.retry(ctx, base, err)
+	}
 	callCtx, cancelCall := context.WithCancel(ctx)
 	defer cancelCall()
 	stopBeat := w.heartbeat(ctx, held, cancelCall)
@@ -249,9 +257,11 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 			// Refused for good: the claim stays, so a republished copy finds
 			// the failed event instead of calling again.
 			w.releaseSlot(writeCtx, slot)
+			w.leaveCall(writeCtx, req)
 		default:
 			// Nothing started and a retry may work: let the retry claim afresh.
 			w.releaseSlot(writeCtx, slot)
+			w.leaveCall(writeCtx, req)
 			w.releaseClaim(writeCtx, &held.claim)
 		}
 		return w.afterError(ctx, req, orig, base, err)
@@ -263,6 +273,7 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 		base.act, base.outcome, base.err = actNak, outShutdown, "execution owner not recorded: "+err.Error()
 		return base
 	}
+	w.leaveCall(ctx, req)
 	return w.accepted(ctx, req, base, executionID, slot)
 }
 

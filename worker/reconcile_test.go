@@ -532,3 +532,32 @@ func TestReconcileTalendUnavailableRerun(t *testing.T) {
 	e.wantOwner(t, ev.ExecutionID, "down-rerun")
 	e.noEvents(t, "down-rerun", messages.Unknown)
 }
+
+// Two requests on one executable lost their calls in overlapping windows
+// and Talend shows one run: it cannot be attributed, so neither adopts it
+// nor starts another — both end unknown. (Found by the chaos suite: the
+// first to reconcile adopted the other's run, which then started a second.)
+func TestReconcileRivalOnSameExecutable(t *testing.T) {
+	e := newSimEnv(t, talendsim.Options{}, nil)
+	from := time.Now().Add(-100 * time.Millisecond)
+	run := e.startRun(t)
+	st := e.store()
+	for _, id := range []string{"rival-a", "rival-b"} {
+		e.crashClaim(t, "dead", id, claims.Uncertain, from, time.Now())
+		if err := st.EnterCall(context.Background(), claims.ExecutableKey("task", task), claims.InCall{RequestID: id, Route: "default", CallFrom: from.UnixMilli()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.run(t)
+	e.publish(t, "rival-a", task)
+	e.publish(t, "rival-b", task)
+	e.waitEvent(t, "rival-a", messages.Unknown)
+	e.waitEvent(t, "rival-b", messages.Unknown)
+	e.idle(t)
+	if n := e.executions(); n != 1 {
+		t.Fatalf("%d executions, want 1 (no second run)", n)
+	}
+	e.wantOwner(t, run, "")
+	e.noEvents(t, "rival-a", messages.Accepted)
+	e.noEvents(t, "rival-b", messages.Accepted)
+}

@@ -95,6 +95,9 @@ type Config struct {
 	// possible disagreement; ReconcileTimeout bounds how long Talend may
 	// not answer before the request ends `unknown` (defaults 10s, 5s, 10m).
 	ReconcileSettle, ClockSkew, ReconcileTimeout time.Duration
+	// CallTimeout is the Talend client's call timeout: a call whose answer
+	// was lost may have reached Talend until then (default 30s).
+	CallTimeout time.Duration
 	// FleetUserID is the service account's Talend userId, when known;
 	// otherwise it is learnt from executions the fleet owns.
 	FleetUserID string
@@ -181,6 +184,9 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	}
 	if cfg.ClockSkew <= 0 {
 		cfg.ClockSkew = 5 * time.Second
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 30 * time.Second
 	}
 	if cfg.ReconcileTimeout <= 0 {
 		cfg.ReconcileTimeout = 10 * time.Minute

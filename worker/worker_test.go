@@ -89,7 +89,8 @@ func newEnv(t *testing.T, tl Talend, tune func(*Config)) *env {
 		FetchWait: 100 * time.Millisecond, ShutdownGrace: 5 * time.Second, Topology: topo,
 		ClaimHeartbeat: 50 * time.Millisecond, ClaimStale: 200 * time.Millisecond,
 		ReconcileSettle: 100 * time.Millisecond, ClockSkew: 10 * time.Millisecond,
-		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		CallTimeout: 300 * time.Millisecond,
+		Logger:      slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if tune != nil {
 		tune(&cfg)
