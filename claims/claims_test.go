@@ -7,12 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/claims"
-	"github.com/tmc-runner/tmc-runner/natsembed"
+	"github.com/tmc-runner/tmc-runner/internal/testnats"
 )
 
 // clock is a settable clock, so each transition's timestamps can be checked
@@ -38,20 +37,7 @@ type bucket struct {
 // the claims bucket has exactly the production settings.
 func newBucket(t *testing.T) *bucket {
 	t.Helper()
-	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, js := testnats.JetStream(t)
 	ctx := context.Background()
 	topo := broker.Topology{}.Defaults()
 	if err := broker.Provision(ctx, js, topo); err != nil {

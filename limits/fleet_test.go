@@ -6,26 +6,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tmc-runner/tmc-runner/broker"
-	"github.com/tmc-runner/tmc-runner/natsembed"
+	"github.com/tmc-runner/tmc-runner/internal/testnats"
 )
 
 func claimsBucket(t *testing.T) jetstream.KeyValue {
 	t.Helper()
-	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	_, _, js := testnats.JetStream(t)
 	topo := broker.Topology{}.Defaults()
 	if err := broker.Provision(context.Background(), js, topo); err != nil {
 		t.Fatal(err)

@@ -15,8 +15,8 @@ import (
 
 	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/claims"
+	"github.com/tmc-runner/tmc-runner/internal/testnats"
 	"github.com/tmc-runner/tmc-runner/messages"
-	"github.com/tmc-runner/tmc-runner/natsembed"
 	"github.com/tmc-runner/tmc-runner/talend"
 )
 
@@ -64,17 +64,7 @@ type env struct {
 
 func newEnv(t *testing.T, tl Talend, tune func(*Config)) *env {
 	t.Helper()
-	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	_, _, js := testnats.JetStream(t)
 	ctx := context.Background()
 	topo := broker.Topology{}.Defaults()
 	if err := broker.Provision(ctx, js, topo); err != nil {
