@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -28,13 +29,22 @@ type natsProc struct {
 	logs []string
 }
 
+// freePort picks a free port below the kernel's ephemeral range
+// (32768–60999 on Linux). The nats-server is restarted on the same port:
+// a port from the ephemeral range could be handed meanwhile to any other
+// process asking for port 0 (another test package's embedded server, a
+// client socket), and the workers would reconnect to the wrong server.
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return port, nil
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("no free port between 20000 and 32000")
 }
 
 func (n *natsProc) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.port) }

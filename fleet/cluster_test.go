@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -29,14 +30,22 @@ type node struct {
 
 func (n *node) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.clientPort) }
 
+// freePort picks a free port below the kernel's ephemeral range: a node
+// shut down and restarted on its port must not find it taken by another
+// process that asked for port 0 meanwhile.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port between 20000 and 32000")
+	return 0
 }
 
 // cluster is three embedded nats-servers with JetStream, routed to each
