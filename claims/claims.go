@@ -33,6 +33,11 @@ const (
 	// Uncertain: a call was sent and its answer lost (timeout, 5xx,
 	// connection cut, shutdown): the run may or may not have started.
 	Uncertain State = "uncertain"
+	// Reconciling: a worker took the claim over to ask Talend what
+	// happened. It is alive for its own request (others wait), but it is no
+	// call in flight: for another request of the same executable it is an
+	// unresolved rival, not someone to wait for.
+	Reconciling State = "reconciling"
 )
 
 // Claim is one request's claim.
@@ -139,7 +144,7 @@ func (s *Store) Beat(ctx context.Context, c *Claim) error {
 // TakeOver makes this replica the holder of a claim whose holder is gone
 // (compare-and-set: of several replicas trying, one wins).
 func (s *Store) TakeOver(ctx context.Context, c *Claim) error {
-	c.Holder = s.holder
+	c.Holder, c.State = s.holder, Reconciling
 	c.Heartbeat = s.now().UnixMilli()
 	return s.update(ctx, c)
 }

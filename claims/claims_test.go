@@ -192,14 +192,14 @@ func TestTransitionsWriteTheirFields(t *testing.T) {
 		t.Fatalf("stored %+v, want %+v", *got, c)
 	}
 
-	// Another replica takes the uncertain claim over: holder and heartbeat
-	// change, the call window and state stay for reconciliation.
+	// Another replica takes the uncertain claim over: holder, heartbeat and
+	// state (reconciling) change, the call window stays for reconciliation.
 	stale := mustGet(t, other, "req-t")
 	takenAt := clk.advance(time.Minute)
 	if err := other.TakeOver(ctx, stale); err != nil {
 		t.Fatal(err)
 	}
-	if stale.Holder != "replica-b" || stale.Heartbeat != takenAt || stale.State != claims.Uncertain ||
+	if stale.Holder != "replica-b" || stale.Heartbeat != takenAt || stale.State != claims.Reconciling ||
 		stale.CallFrom != callAt || stale.CallTo != lostAt {
 		t.Fatalf("after TakeOver: %+v", stale)
 	}

@@ -115,7 +115,7 @@ func (w *Worker) existingClaim(ctx context.Context, req *messages.Request, orig 
 		return d
 	}
 	now := w.now()
-	alive := claim.State == claims.Starting && now.Sub(claim.HeartbeatTime()) < w.cfg.ClaimStale
+	alive := (claim.State == claims.Starting || claim.State == claims.Reconciling) && now.Sub(claim.HeartbeatTime()) < w.cfg.ClaimStale
 	if alive {
 		// Someone is working on it right now: wait for them.
 		base.act, base.outcome, base.delay = actNak, outClaimed, w.cfg.ClaimStale/2

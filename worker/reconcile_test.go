@@ -561,3 +561,44 @@ func TestReconcileRivalOnSameExecutable(t *testing.T) {
 	e.noEvents(t, "rival-a", messages.Accepted)
 	e.noEvents(t, "rival-b", messages.Accepted)
 }
+
+// A rival being reconciled elsewhere is not a call in flight: waiting for
+// it would let two reconciliations wait for each other forever (found by
+// the chaos suite). It counts as an unresolved rival instead.
+func TestReconcileDoesNotWaitForAReconcilingRival(t *testing.T) {
+	e := newSimEnv(t, talendsim.Options{}, nil)
+	from := time.Now().Add(-100 * time.Millisecond)
+	e.startRun(t)
+	st := e.store()
+	ek := claims.ExecutableKey("task", task)
+	e.crashClaim(t, "dead", "mine", claims.Uncertain, from, time.Now())
+	rival := e.crashClaim(t, "dead", "other", claims.Uncertain, from, time.Now())
+	for _, id := range []string{"mine", "other"} {
+		if err := st.EnterCall(context.Background(), ek, claims.InCall{RequestID: id, Route: "default", CallFrom: from.UnixMilli()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another replica is reconciling "other" and keeps its claim fresh.
+	reconciler := claims.NewStore(e.kv, "elsewhere", nil)
+	if err := reconciler.TakeOver(context.Background(), &rival); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				_ = reconciler.Beat(context.Background(), &rival)
+			}
+		}
+	}()
+	e.run(t)
+	e.publish(t, "mine", task)
+	e.waitEvent(t, "mine", messages.Unknown)
+	if n := e.executions(); n != 1 {
+		t.Fatalf("%d executions, want 1", n)
+	}
+}
