@@ -5,7 +5,7 @@ GOBIN       := $(shell $(GO) env GOPATH)/bin
 STATICCHECK := $(GOBIN)/staticcheck
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: run build test test-quick lint fuzz bench-quick bench-follow deploy-check chaos tools clean
+.PHONY: run build test test-quick lint fuzz bench bench-smoke bench-quick bench-follow deploy-check chaos tools clean
 
 ## run: the embedded default — NATS + JetStream, Talend simulator, worker
 run:
@@ -41,6 +41,14 @@ fuzz:
 ## bench-quick: requests/s through the whole pipeline at zero Talend latency
 bench-quick:
 	$(GO) test -run '^$$' -bench BenchmarkPipeline -benchtime 20000x -count 3 ./runner
+
+## bench: baseline pipeline vs the worker, fleet budget, backlog RSS → perf/results (see perf/README.md)
+bench:
+	$(GO) run ./perf/cmd/tmcbench -out perf/results
+
+## bench-smoke: the same, smaller (about 3 minutes)
+bench-smoke:
+	$(GO) run ./perf/cmd/tmcbench -out perf/results -quick
 
 ## bench-follow: Talend calls per followed execution and result delay (time-compressed)
 bench-follow:

@@ -1,0 +1,246 @@
+package main
+
+// The pipeline processes: tmcbench re-executes itself with -role worker or
+// -role baseline so that each pipeline's CPU time and peak RSS are its own.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tmc-runner/tmc-runner/config"
+	"github.com/tmc-runner/tmc-runner/runner"
+	"github.com/tmc-runner/tmc-runner/telemetry"
+)
+
+// Baseline topology: its own streams, so it shares nothing with the worker's.
+const (
+	baseReqStream = "BENCH_REQ"
+	baseEvtStream = "BENCH_EVT"
+	baseConsumer  = "bench"
+	baseReqPrefix = "bench.req"
+	baseEvtPrefix = "bench.evt"
+)
+
+// childMain runs one pipeline until SIGTERM. A CPU profile is written to
+// $BENCH_CPUPROFILE when set (stopped on SIGTERM).
+func childMain(role string) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stopProfile := func() {}
+	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sig
+		// The driver has taken its measurements: no graceful drain needed.
+		stopProfile()
+		os.Exit(0)
+	}()
+	switch role {
+	case "worker":
+		return runWorkerChild(ctx)
+	case "baseline":
+		return runBaselineChild(ctx)
+	}
+	return fmt.Errorf("unknown role %q", role)
+}
+
+// runWorkerChild wires the real worker exactly as `tmc-runner worker` does
+// (config from the environment, tracing from OTEL_*, runner.New).
+func runWorkerChild(ctx context.Context) error {
+	cfg, err := config.Load(nil)
+	if err != nil {
+		return err
+	}
+	cfg.Worker.AdminAddr = "" // several workers on one host; no admin port needed
+	log, err := telemetry.NewLogger(os.Stderr, cfg.Worker.LogLevel, "text")
+	if err != nil {
+		return err
+	}
+	tracing, err := telemetry.NewTracing(ctx, telemetry.TracingOptions{})
+	if err != nil {
+		return err
+	}
+	opts, err := cfg.NATS.Options("tmcbench worker")
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(cfg.NATS.URL, opts...)
+	if err != nil {
+		return err
+	}
+	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log, TracerProvider: tracing.Provider})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "worker ready, tracing:", tracing.Exporter)
+	return r.Run(ctx)
+}
+
+// baseRequest is the part of a run request the baseline reads.
+type baseRequest struct {
+	RequestID  string          `json:"requestId"`
+	Executable string          `json:"executable"`
+	Metadata   json.RawMessage `json:"metadata,omitempty"`
+}
+
+type baseEvent struct {
+	RequestID   string          `json:"requestId"`
+	Type        string          `json:"type"`
+	Time        time.Time       `json:"time"`
+	Executable  string          `json:"executable"`
+	ExecutionID string          `json:"executionId"`
+	Metadata    json.RawMessage `json:"metadata,omitempty"`
+}
+
+// runBaselineChild is the minimal pipeline: pull consume → POST run →
+// publish accepted event (awaiting the stream's ack) → ack the request.
+// Both traps avoided: MaxIdleConnsPerHost = concurrency, and the consumer's
+// MaxAckPending (set by the driver) at 20000.
+func runBaselineChild(ctx context.Context) error {
+	natsURL, simURL := os.Getenv("BENCH_NATS_URL"), os.Getenv("BENCH_SIM_URL")
+	conc, _ := strconv.Atoi(os.Getenv("BENCH_CONCURRENCY"))
+	if natsURL == "" || simURL == "" || conc < 1 {
+		return errors.New("BENCH_NATS_URL, BENCH_SIM_URL, BENCH_CONCURRENCY required")
+	}
+	nc, err := nats.Connect(natsURL, nats.Name("tmcbench baseline"))
+	if err != nil {
+		return err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	cons, err := js.Consumer(ctx, baseReqStream, baseConsumer)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			MaxIdleConns:        0, // no total cap
+			MaxIdleConnsPerHost: conc,
+			IdleConnTimeout:     90 * time.Second,
+		},
+	}
+	token, err := baselineToken(client, simURL)
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * conc))
+	if err != nil {
+		return err
+	}
+	msgs := make(chan jetstream.Msg, conc)
+	go func() {
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					close(msgs)
+					return
+				}
+				continue
+			}
+			msgs <- m
+		}
+	}()
+	fmt.Fprintln(os.Stderr, "baseline ready")
+	for range conc {
+		go func() {
+			for m := range msgs {
+				if err := baselineHandle(ctx, js, client, simURL, token, m); err != nil {
+					fmt.Fprintln(os.Stderr, "baseline:", err)
+					_ = m.Nak()
+				}
+			}
+		}()
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func baselineToken(client *http.Client, simURL string) (string, error) {
+	req, _ := http.NewRequest(http.MethodPost, simURL+"/security/oauth/token",
+		bytes.NewReader([]byte(`{"grant_type":"client_credentials","audience":"https://api.cloud.talend.com"}`)))
+	req.SetBasicAuth("dev-client", "dev-secret")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&tok); err != nil || tok.AccessToken == "" {
+		return "", fmt.Errorf("token: status %d: %v", resp.StatusCode, err)
+	}
+	return tok.AccessToken, nil
+}
+
+func baselineHandle(ctx context.Context, js jetstream.JetStream, client *http.Client, simURL, token string, m jetstream.Msg) error {
+	var r baseRequest
+	if err := json.Unmarshal(m.Data(), &r); err != nil {
+		return err
+	}
+	body, _ := json.Marshal(struct {
+		Executable string `json:"executable"`
+	}{r.Executable})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, simURL+"/processing/executions", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	respBody, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("run: status %d", resp.StatusCode)
+	}
+	var id struct {
+		ExecutionID string `json:"executionId"`
+	}
+	if err := json.Unmarshal(respBody, &id); err != nil {
+		return err
+	}
+	ev, _ := json.Marshal(baseEvent{RequestID: r.RequestID, Type: "accepted", Time: time.Now().UTC(),
+		Executable: r.Executable, ExecutionID: id.ExecutionID, Metadata: r.Metadata})
+	msg := nats.NewMsg(baseEvtPrefix + "." + r.RequestID + ".accepted")
+	msg.Data = ev
+	msg.Header.Set(jetstream.MsgIDHeader, r.RequestID+".accepted")
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		return err
+	}
+	return m.Ack()
+}
