@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/messages"
 )
 
@@ -41,20 +40,11 @@ func runCancel(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 
-	cfg, err := config.Load(nil)
+	topo, js, closeConn, err := openJetStream("tmc-runner cancel")
 	if err != nil {
 		return err
 	}
-	topo := cfg.Worker.Topology()
-	nc, err := connect(cfg.NATS, "tmc-runner cancel")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+	defer closeConn()
 
 	// As in submit: watch before publishing. Delivery starts at the
 	// request's first event, so a request that has already ended answers

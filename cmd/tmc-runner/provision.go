@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/tmc-runner/tmc-runner/broker"
-	"github.com/tmc-runner/tmc-runner/config"
 )
 
 func runProvision(ctx context.Context, args []string, stdout io.Writer) error {
@@ -17,20 +14,11 @@ func runProvision(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return &exitError{code: 2}
 	}
-	cfg, err := config.Load(nil)
+	topo, js, closeConn, err := openJetStream("tmc-runner provision")
 	if err != nil {
 		return err
 	}
-	nc, err := connect(cfg.NATS, "tmc-runner provision")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	topo := cfg.Worker.Topology()
+	defer closeConn()
 	if err := broker.Provision(ctx, js, topo); err != nil {
 		return err
 	}

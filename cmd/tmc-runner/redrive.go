@@ -22,7 +22,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tmc-runner/tmc-runner/broker"
-	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/telemetry"
 )
@@ -105,22 +104,14 @@ func runRedrive(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 
-	cfg, err := config.Load(nil)
+	topo, js, closeConn, err := openJetStream("tmc-runner redrive")
 	if err != nil {
 		return err
 	}
-	nc, err := connect(cfg.NATS, "tmc-runner redrive")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+	defer closeConn()
 	ctx, cancel := context.WithTimeout(ctx, redriveTimeout)
 	defer cancel()
-	r := &redriver{js: js, topo: cfg.Worker.Topology(), stdout: stdout, stderr: stderr, dryRun: *dryRun}
+	r := &redriver{js: js, topo: topo, stdout: stdout, stderr: stderr, dryRun: *dryRun}
 	if err := r.open(ctx); err != nil {
 		return err
 	}

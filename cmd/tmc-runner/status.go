@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/messages"
 )
 
@@ -39,20 +38,11 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return &exitError{code: 2, msg: fmt.Sprintf("--route %q: want 1-64 characters of A-Z a-z 0-9 _ -", *route)}
 	}
 
-	cfg, err := config.Load(nil)
+	topo, js, closeConn, err := openJetStream("tmc-runner status")
 	if err != nil {
 		return err
 	}
-	topo := cfg.Worker.Topology()
-	nc, err := connect(cfg.NATS, "tmc-runner status")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+	defer closeConn()
 	ctx, cancel := context.WithTimeout(ctx, statusReadTimeout)
 	defer cancel()
 

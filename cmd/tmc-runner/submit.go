@@ -18,7 +18,6 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/telemetry"
 )
@@ -107,20 +106,11 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 
-	cfg, err := config.Load(nil)
+	topo, js, closeConn, err := openJetStream("tmc-runner submit")
 	if err != nil {
 		return err
 	}
-	topo := cfg.Worker.Topology()
-	nc, err := connect(cfg.NATS, "tmc-runner submit")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+	defer closeConn()
 
 	// Subscribe before publishing, so not even the first event can be missed.
 	var events jetstream.Consumer

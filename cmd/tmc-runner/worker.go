@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/runner"
 	"github.com/tmc-runner/tmc-runner/telemetry"
@@ -78,4 +80,24 @@ func drain(nc *nats.Conn) {
 	case <-time.After(10 * time.Second):
 		nc.Close()
 	}
+}
+
+// openJetStream is what the client commands (submit, status, cancel,
+// redrive) share: the configuration from the environment, a NATS
+// connection and a JetStream handle.
+func openJetStream(name string) (broker.Topology, jetstream.JetStream, func(), error) {
+	cfg, err := config.Load(nil)
+	if err != nil {
+		return broker.Topology{}, nil, nil, err
+	}
+	nc, err := connect(cfg.NATS, name)
+	if err != nil {
+		return broker.Topology{}, nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return broker.Topology{}, nil, nil, err
+	}
+	return cfg.Worker.Topology(), js, nc.Close, nil
 }
