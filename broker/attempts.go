@@ -47,33 +47,3 @@ func (a *Attempts) Increment(ctx context.Context, requestID string) (int, error)
 	}
 	return 0, fmt.Errorf("count attempt of %s: too much contention", requestID)
 }
-
-// Cancels records cancellation requests in the claims bucket: a request
-// cancelled before it started finds the mark when it is processed, however
-// long it waited in the stream or in a timer.
-type Cancels struct {
-	kv jetstream.KeyValue
-}
-
-// NewCancels keeps marks in kv.
-func NewCancels(kv jetstream.KeyValue) *Cancels { return &Cancels{kv: kv} }
-
-// Mark records that requestID is cancelled.
-func (c *Cancels) Mark(ctx context.Context, requestID string) error {
-	if _, err := c.kv.Put(ctx, "cancel."+requestID, []byte("1")); err != nil {
-		return fmt.Errorf("mark %s cancelled: %w", requestID, err)
-	}
-	return nil
-}
-
-// Cancelled reports whether requestID was cancelled.
-func (c *Cancels) Cancelled(ctx context.Context, requestID string) (bool, error) {
-	_, err := c.kv.Get(ctx, "cancel."+requestID)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("read cancel mark of %s: %w", requestID, err)
-	}
-	return true, nil
-}

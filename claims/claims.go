@@ -33,6 +33,9 @@ const (
 	// Uncertain: a call was sent and its answer lost (timeout, 5xx,
 	// connection cut, shutdown): the run may or may not have started.
 	Uncertain State = "uncertain"
+	// Cancelled: a cancellation arrived before any worker claimed the
+	// request; whoever processes it later ends it failed (cancelled).
+	Cancelled State = "cancelled"
 	// Reconciling: a worker took the claim over to ask Talend what
 	// happened. It is alive for its own request (others wait), but it is no
 	// call in flight: for another request of the same executable it is an
@@ -105,6 +108,23 @@ func (s *Store) Acquire(ctx context.Context, requestID, executable, kind string)
 		return s.Acquire(ctx, requestID, executable, kind)
 	}
 	return *existing, false, nil
+}
+
+// Cancel claims requestID as cancelled if nobody has claimed it yet, so
+// that the request ends `failed` (cancelled) whenever it is processed, with
+// no extra read on the hot path. It reports whether the mark was made (an
+// existing claim means the request is being, or was, processed).
+func (s *Store) Cancel(ctx context.Context, requestID string) (bool, error) {
+	claim := Claim{RequestID: requestID, Holder: s.holder, State: Cancelled, Heartbeat: s.now().UnixMilli()}
+	data, _ := json.Marshal(claim)
+	_, err := s.kv.Create(ctx, key(requestID), data)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrKeyExists):
+		return false, nil
+	}
+	return false, fmt.Errorf("cancel %s: %w", requestID, err)
 }
 
 // Get reads a claim; nil when there is none.

@@ -208,7 +208,13 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	// Fleet limits outside, breaker inside: a call waits for budget first
 	// and only then asks the breaker, so no call admitted before the
 	// breaker opened is sent after it, merely delayed by the budget.
-	r.breaker = talend.NewBreaker(otelhttp.NewTransport(transport, httpSpans...), talend.BreakerSettings{
+	// Without tracing (no OTEL_* exporter) the HTTP instrumentation would
+	// only cost time on every call: leave it out.
+	traced := http.RoundTripper(transport)
+	if _, off := tp.(noop.TracerProvider); !off {
+		traced = otelhttp.NewTransport(transport, httpSpans...)
+	}
+	r.breaker = talend.NewBreaker(traced, talend.BreakerSettings{
 		ConsecutiveFailures: cfg.Talend.BreakerFailures,
 		OpenFor:             cfg.Talend.BreakerOpenFor,
 		OnStateChange: func(from, to gobreaker.State) {
@@ -231,7 +237,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		Credentials: cfg.Talend.Credentials(),
 		API:         &http.Client{Transport: &limits.Transport{Next: r.breaker, Fleet: r.fleet}, Timeout: cfg.Talend.Timeout},
 		TokenHTTP: &http.Client{
-			Transport: otelhttp.NewTransport(transport, httpSpans...),
+			Transport: traced,
 			Timeout:   cfg.Talend.Timeout,
 		},
 		TracerProvider: tp,
@@ -315,7 +321,6 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		Follower:         r.follower,
 		Claims:           r.claims,
 		Slots:            r.slotsDep(),
-		Cancels:          broker.NewCancels(kv),
 		Requests:         requests,
 		Timers:           timers,
 		BreakerOpen:      func() bool { return r.breaker.Open() || r.fleet.BreakerOpenElsewhere() },

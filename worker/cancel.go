@@ -24,12 +24,20 @@ func (w *Worker) cancel(ctx context.Context, subject string, attempt int) decisi
 	rest := strings.TrimPrefix(subject, w.cfg.Topology.SubjectPrefix+".cancel.")
 	route, requestID, _ := strings.Cut(rest, ".")
 	base := decision{requestID: requestID, route: route, attempt: attempt, outcome: outIgnored}
-	if w.deps.Cancels == nil || !messages.ValidRequestID(requestID) || !messages.ValidRoute(route) {
-		base.act, base.err = actTerm, "cancellation not supported or malformed subject"
+	if !messages.ValidRequestID(requestID) || !messages.ValidRoute(route) {
+		base.act, base.err = actTerm, "malformed cancellation subject"
 		return base
 	}
-	if err := w.deps.Cancels.Mark(ctx, requestID); err != nil {
+	// Not claimed yet: the cancelled claim ends the request whenever it
+	// comes (from the stream or from its timer). Claimed: look at what
+	// happened to it.
+	marked, err := w.deps.Claims.Cancel(ctx, requestID)
+	if err != nil {
 		return w.retry(ctx, base, err)
+	}
+	if marked {
+		base.act, base.outcome = actAck, outCancelled
+		return base
 	}
 	accepted, err := w.deps.Events.FindEvent(ctx, route, requestID, messages.Accepted)
 	if err != nil {
@@ -71,10 +79,9 @@ func (w *Worker) cancel(ctx context.Context, subject string, attempt int) decisi
 			return base
 		}
 	}
-	// Not started yet (or starting right now): the mark will end it when
-	// it is processed; look again in case it is being started.
+	// Being started right now: look again until it has an outcome.
 	if attempt >= cancelRecheckLimit {
-		base.act, base.outcome, base.err = actAck, outCancelled, "request not seen; it will end cancelled if it comes"
+		base.act, base.outcome, base.err = actAck, outCancelled, "the request's run did not show up; cancellation given up"
 		return base
 	}
 	base.act, base.outcome, base.delay = actNak, outCancelPending, w.backoff(1)

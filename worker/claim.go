@@ -30,6 +30,7 @@ type Claims interface {
 	EnterCall(ctx context.Context, execKey string, c claims.InCall) error
 	LeaveCall(ctx context.Context, execKey, requestID string) error
 	InCalls(ctx context.Context, execKey string) ([]claims.InCall, error)
+	Cancel(ctx context.Context, requestID string) (bool, error)
 }
 
 func execKey(req *messages.Request) string {
@@ -113,6 +114,9 @@ func callMayHaveStarted(err error) bool {
 func (w *Worker) existingClaim(ctx context.Context, req *messages.Request, orig broker.Original, base decision, claim claims.Claim) decision {
 	if d, done := w.recorded(ctx, req, orig, base); done {
 		return d
+	}
+	if claim.State == claims.Cancelled {
+		return w.fail(ctx, req, orig, base, messages.ReasonCancelled, "cancelled before the run started", nil)
 	}
 	now := w.now()
 	alive := (claim.State == claims.Starting || claim.State == claims.Reconciling) && now.Sub(claim.HeartbeatTime()) < w.cfg.ClaimStale

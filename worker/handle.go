@@ -178,16 +178,6 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) decision {
 	if !req.ExpiresAt.IsZero() && now.After(req.ExpiresAt) {
 		return w.fail(ctx, &req, orig, base, messages.ReasonExpired, "expiresAt passed before the run could start", nil)
 	}
-	if w.deps.Cancels != nil {
-		cancelled, err := w.deps.Cancels.Cancelled(ctx, req.RequestID)
-		if err != nil {
-			w.releaseClaim(ctx, &claim)
-			return w.retry(ctx, base, err)
-		}
-		if cancelled {
-			return w.fail(ctx, &req, orig, base, messages.ReasonCancelled, "cancelled before the run started", nil)
-		}
-	}
 	if w.cfg.MaxAge > 0 && now.Sub(meta.Timestamp) > w.cfg.MaxAge {
 		return w.fail(ctx, &req, orig, base, messages.ReasonExpired,
 			fmt.Sprintf("request waited longer than %s without starting", w.cfg.MaxAge), nil)

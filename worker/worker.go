@@ -45,12 +45,6 @@ type Slots interface {
 	Release(ctx context.Context, slot string) error
 }
 
-// Cancels records and reads cancellation marks.
-type Cancels interface {
-	Mark(ctx context.Context, requestID string) error
-	Cancelled(ctx context.Context, requestID string) (bool, error)
-}
-
 // Events is what the worker needs to write to JetStream.
 type Events interface {
 	Event(ctx context.Context, ev *messages.Event) error
@@ -121,7 +115,6 @@ type Deps struct {
 	Attempts AttemptCounter
 	Claims   Claims   // required: one request, one run
 	Follower Follower // nil: nothing is followed
-	Cancels  Cancels  // nil: cancellations are not supported
 	Slots    Slots    // nil: no running cap
 	Requests Fetcher  // the shared durable consumer of TMC_RUNS
 	Timers   Fetcher  // the durable consumer of due timers
