@@ -185,9 +185,14 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg) decision {
 	return w.startClaimed(ctx, &req, orig, base, &heldClaim{claim: claim}, false)
 }
 
-// startClaimed calls Talend under a held claim. after reconciliation the
-// claim's call window starts afresh.
+// startClaimed calls Talend under a held claim. After reconciliation
+// (restart) the claim's call window starts afresh, and an expired request
+// ends instead of starting.
 func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig broker.Original, base decision, held *heldClaim, restart bool) decision {
+	if restart && !req.ExpiresAt.IsZero() && w.now().After(req.ExpiresAt) {
+		// Reconciliation found no run, but the request may no longer start.
+		return w.fail(ctx, req, orig, base, messages.ReasonExpired, "expiresAt passed before the run could start", nil)
+	}
 	if restart {
 		err := held.do(func(c *claims.Claim) error {
 			c.CallFrom, c.CallTo, c.ReconcilingSince = 0, 0, 0

@@ -602,3 +602,21 @@ func TestReconcileDoesNotWaitForAReconcilingRival(t *testing.T) {
 		t.Fatalf("%d executions, want 1", n)
 	}
 }
+
+// Reconciliation that finds no run does not start a request that has
+// expired meanwhile: it ends failed (expired).
+func TestReconcileDoesNotStartAnExpiredRequest(t *testing.T) {
+	e := newSimEnv(t, talendsim.Options{}, nil)
+	from := time.Now().Add(-100 * time.Millisecond)
+	e.crashClaim(t, "dead", "late", claims.Uncertain, from, time.Now())
+	e.run(t)
+	e.publishBody(t, `{"requestId":"late","executable":"`+task+`","expiresAt":"`+time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)+`"}`)
+	ev := e.waitEvent(t, "late", messages.Failed)
+	if ev.Reason != messages.ReasonExpired {
+		t.Errorf("failed with reason %q, want expired", ev.Reason)
+	}
+	e.idle(t)
+	if n := e.executions(); n != 0 {
+		t.Fatalf("%d executions of an expired request", n)
+	}
+}
