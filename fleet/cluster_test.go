@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"github.com/tmc-runner/tmc-runner/internal/testlog"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -186,9 +187,9 @@ func TestClusterLosesNodeLosesNothing(t *testing.T) {
 	}
 
 	// Two workers, on nodes 0 and 1; the one on node 1 loses its server.
-	var logs [2]*syncBuffer
+	var logs [2]*testlog.Buffer
 	for i := range logs {
-		logs[i] = &syncBuffer{}
+		logs[i] = &testlog.Buffer{}
 		wcfg := cfg
 		wcfg.Worker.Provision = false
 		startWorker(t, wcfg, cl.connect(i, fmt.Sprintf("worker-%d", i)), logs[i])
@@ -303,7 +304,7 @@ func TestClusterLosesNodeLosesNothing(t *testing.T) {
 	})
 	if t.Failed() {
 		for i, l := range logs {
-			t.Logf("worker %d log tail:\n%s", i, l.tail(30))
+			t.Logf("worker %d log tail:\n%s", i, l.Tail(30))
 		}
 		return
 	}

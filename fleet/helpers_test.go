@@ -1,15 +1,13 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tmc-runner/tmc-runner/internal/testlog"
 	"log/slog"
 	"net"
 	"net/http/httptest"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -77,7 +75,7 @@ func workerConfig(t testing.TB, simURL string, env map[string]string) config.Con
 // startWorker runs a real tmc-runner worker (runner.Runner, wired as
 // `tmc-runner worker` wires it) on nc until the test ends. Its log goes to
 // logs.
-func startWorker(t testing.TB, cfg config.Config, nc *nats.Conn, logs *syncBuffer) {
+func startWorker(t testing.TB, cfg config.Config, nc *nats.Conn, logs *testlog.Buffer) {
 	t.Helper()
 	log := slog.New(telemetry.TraceHandler{Handler: slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -96,7 +94,7 @@ func startWorker(t testing.TB, cfg config.Config, nc *nats.Conn, logs *syncBuffe
 	if err != nil {
 		cancel()
 		_ = ln.Close()
-		t.Fatalf("runner: %v\nlogs:\n%s", err, logs.tail(20))
+		t.Fatalf("runner: %v\nlogs:\n%s", err, logs.Tail(20))
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -235,30 +233,4 @@ func requestBody(t testing.TB, id, executable string, extra map[string]any) []by
 		t.Fatal(err)
 	}
 	return data
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *syncBuffer) tail(n int) string {
-	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/tmc-runner/tmc-runner/internal/testlog"
 	"regexp"
 	"strings"
 	"sync"
@@ -259,7 +260,7 @@ func TestPermissions(t *testing.T) {
 	if err := broker.Provision(context.Background(), w.js, topo); err != nil {
 		t.Fatalf("provision as worker: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	startWorker(t, cfg, w.nc, logs)
 
 	sub := connectAs(t, url, "submitter-billing")
@@ -556,7 +557,7 @@ func TestPermissions(t *testing.T) {
 			t.Errorf("worker hit permission violations: %q", v)
 		}
 		if n := strings.Count(logs.String(), "ermission"); n > 0 {
-			t.Errorf("worker log mentions permissions %d times:\n%s", n, logs.tail(20))
+			t.Errorf("worker log mentions permissions %d times:\n%s", n, logs.Tail(20))
 		}
 	})
 }

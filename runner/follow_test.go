@@ -58,7 +58,7 @@ func TestPipelineFollowsToResult(t *testing.T) {
 	}
 	failing := evs["failing-run"]
 	if res := failing[len(failing)-1]; res.Type != messages.Result || res.OK == nil || *res.OK || res.Status != "execution_failed" || len(res.Logs) == 0 || res.ErrorMessage == "" {
-		t.Errorf("failing run result %+v: want ok false, execution_failed, an error message and logs\n%s", res, h.logs.tail(20))
+		t.Errorf("failing run result %+v: want ok false, execution_failed, an error message and logs\n%s", res, h.logs.Tail(20))
 	}
 	plan := evs["plan-run"]
 	if res := plan[len(plan)-1]; res.Type != messages.Result || res.Status != "execution_successful" {

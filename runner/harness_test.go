@@ -1,10 +1,10 @@
 package runner
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tmc-runner/tmc-runner/internal/testlog"
 	"log/slog"
 	"net"
 	"net/http"
@@ -47,7 +47,7 @@ type harness struct {
 	simURL string
 	topo   broker.Topology
 	cfg    config.Config
-	logs   *syncBuffer
+	logs   *testlog.Buffer
 	// seen records every Authorization header the simulator received, so
 	// tests can search output for the tokens actually issued.
 	seenMu sync.Mutex
@@ -68,7 +68,7 @@ type harnessOption func(*harness, *talendsim.Options)
 
 func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	t.Helper()
-	h := &harness{t: t, logs: &syncBuffer{}, seen: map[string]bool{}}
+	h := &harness{t: t, logs: &testlog.Buffer{}, seen: map[string]bool{}}
 	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -293,7 +293,7 @@ func (h *harness) waitTerminal(timeout time.Duration, ids ...string) map[string]
 			return evs
 		}
 		if time.Now().After(deadline) {
-			h.t.Fatalf("%d of %d requests without a terminal event after %s\nlogs:\n%s", missing, len(ids), timeout, h.logs.tail(40))
+			h.t.Fatalf("%d of %d requests without a terminal event after %s\nlogs:\n%s", missing, len(ids), timeout, h.logs.Tail(40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -317,7 +317,7 @@ func (h *harness) eventually(timeout time.Duration, what string, cond func() boo
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out after %s waiting for %s\nlogs:\n%s", timeout, what, h.logs.tail(40))
+			h.t.Fatalf("timed out after %s waiting for %s\nlogs:\n%s", timeout, what, h.logs.Tail(40))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -372,47 +372,6 @@ func (h *harness) tokens() []string {
 		}
 	}
 	return out
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *syncBuffer) tail(n int) string {
-	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// count returns how many log lines contain all of the fragments.
-func (b *syncBuffer) count(fragments ...string) int {
-	n := 0
-	for _, line := range strings.Split(b.String(), "\n") {
-		ok := line != ""
-		for _, f := range fragments {
-			ok = ok && strings.Contains(line, f)
-		}
-		if ok {
-			n++
-		}
-	}
-	return n
 }
 
 func ids(prefix string, n int) []string {

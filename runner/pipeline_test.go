@@ -215,12 +215,12 @@ func TestPipelineRetriesSystemicFaults(t *testing.T) {
 			t.Errorf("%s: %d executions", id, c)
 		}
 	}
-	if n := h.logs.count(`"outcome":"retry"`); n < 15 {
+	if n := h.logs.Count(`"outcome":"retry"`); n < 15 {
 		t.Errorf("%d retry decisions logged, want >= 15 (one per injected fault)", n)
 	}
 	// Retry-After: 1 => at least one nak delayed by exactly 1s.
-	if n := h.logs.count(`"outcome":"retry"`, `"delay":1000000000`); n == 0 {
-		t.Errorf("no nak honoured Retry-After: 1\n%s", h.logs.tail(30))
+	if n := h.logs.Count(`"outcome":"retry"`, `"delay":1000000000`); n == 0 {
+		t.Errorf("no nak honoured Retry-After: 1\n%s", h.logs.Tail(30))
 	}
 }
 
@@ -324,7 +324,7 @@ func TestPipelineWrongCredentials(t *testing.T) {
 	if info.NumPending+uint64(info.NumAckPending) != uint64(len(all)) || h.streamMsgs(h.topo.RunsStream) != uint64(len(all)) {
 		t.Fatalf("requests consumed with wrong credentials: pending %d, ack pending %d", info.NumPending, info.NumAckPending)
 	}
-	if n := h.logs.count("rejects the service-account credentials"); n != 1 {
+	if n := h.logs.Count("rejects the service-account credentials"); n != 1 {
 		t.Errorf("%d loud credential log lines, want exactly 1", n)
 	}
 	if err := os.WriteFile(secretFile, []byte(testSecret+"\n"), 0o600); err != nil {
@@ -360,7 +360,7 @@ func TestPipelineBreakerPausesFetching(t *testing.T) {
 	}
 	h.eventually(10*time.Second, "breaker open", func() bool { return h.runner.Breaker().Open() })
 	h.eventually(10*time.Second, "fetching paused", func() bool {
-		return h.logs.count("fetching paused", "circuit breaker") > 0
+		return h.logs.Count("fetching paused", "circuit breaker") > 0
 	})
 	// While paused, run calls stop: only probes (one every second) reach
 	// the simulator.
@@ -382,7 +382,7 @@ func TestPipelineBreakerPausesFetching(t *testing.T) {
 			t.Errorf("%s: %d executions", id, c)
 		}
 	}
-	if h.logs.count("fetching resumed") == 0 {
+	if h.logs.Count("fetching resumed") == 0 {
 		t.Error("fetching never resumed")
 	}
 	h.assertDrained()
@@ -497,7 +497,7 @@ func TestPipelineRequestSpecificRetriesRunOut(t *testing.T) {
 	if _, err := h.deadLetter("default", "conflicted"); err != nil {
 		t.Errorf("not dead-lettered: %v", err)
 	}
-	if n := h.logs.count(`"outcome":"attempt"`); n != 2 {
+	if n := h.logs.Count(`"outcome":"attempt"`); n != 2 {
 		t.Errorf("%d counted attempts before giving up, want 2", n)
 	}
 	h.assertDrained()

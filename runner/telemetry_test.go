@@ -109,7 +109,7 @@ func TestTracePropagatesFromPublisherToEvent(t *testing.T) {
 		t.Errorf("accepted event traceparent %q, want %q (the producer span, same trace)", tp, want)
 	}
 	// Logs about the request carry the trace.
-	if h.logs.count(`"requestId":"traced"`, `"trace_id":"`+traceID+`"`) == 0 {
+	if h.logs.Count(`"requestId":"traced"`, `"trace_id":"`+traceID+`"`) == 0 {
 		t.Error("the decision log line lacks the trace id")
 	}
 	// No parameter value in any span attribute or event.

@@ -1,11 +1,10 @@
 package worker
 
 import (
-	"bytes"
 	"context"
+	"github.com/tmc-runner/tmc-runner/internal/testlog"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -58,7 +57,7 @@ func (f *fakeTalend) ListExecutionsOf(context.Context, bool, string, time.Time, 
 type env struct {
 	js   jetstream.JetStream
 	topo broker.Topology
-	logs *lockedBuffer
+	logs *testlog.Buffer
 	w    *Worker
 }
 
@@ -73,7 +72,7 @@ func newEnv(t *testing.T, tl Talend, tune func(*Config)) *env {
 	requests, _ := js.Consumer(ctx, topo.RunsStream, topo.Consumer)
 	timers, _ := js.Consumer(ctx, topo.TimersStream, topo.TimersConsumer)
 	kv, _ := js.KeyValue(ctx, topo.ClaimsBucket)
-	logs := &lockedBuffer{}
+	logs := &testlog.Buffer{}
 	cfg := Config{
 		Concurrency: 4, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
 		FetchWait: 100 * time.Millisecond, ShutdownGrace: 5 * time.Second, Topology: topo,
@@ -209,21 +208,4 @@ func TestShutdownNaksUnfinishedWork(t *testing.T) {
 	if n := strings.Count(e.logs.String(), `"outcome":"shutdown"`); n != 3 {
 		t.Errorf("%d shutdown decisions logged, want 3", n)
 	}
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
