@@ -157,7 +157,9 @@ func (e *Event) Terminal(followed bool) bool {
 // millisecond precision, so bodies (and golden files) are stable and sort as
 // text. HTML characters are not escaped so metadata is echoed as sent.
 func (e *Event) Marshal() ([]byte, error) {
-	b, err := marshalNoEscape(e)
+	// MarshalJSON directly: through json.Marshal the result would be
+	// encoded twice (once here, then validated and compacted again).
+	b, err := e.MarshalJSON()
 	if err != nil {
 		return nil, fmt.Errorf("marshal %s event %s: %w", e.Type, e.RequestID, err)
 	}

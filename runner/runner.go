@@ -20,8 +20,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sony/gobreaker/v2"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -195,15 +193,6 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	httpSpans := []otelhttp.Option{
-		otelhttp.WithTracerProvider(tp),
-		// No meter: call durations are recorded by the client with
-		// low-cardinality labels.
-		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
-		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-			return "talend " + r.Method + " " + talendRoute(r.URL.Path)
-		}),
-	}
 	recordTransition := talend.BreakerMetrics(mp, func() *talend.Breaker { return r.breaker })
 	// Fleet limits outside, breaker inside: a call waits for budget first
 	// and only then asks the breaker, so no call admitted before the
@@ -212,7 +201,9 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	// only cost time on every call: leave it out.
 	traced := http.RoundTripper(transport)
 	if _, off := tp.(noop.TracerProvider); !off {
-		traced = otelhttp.NewTransport(transport, httpSpans...)
+		traced = telemetry.HTTPClientSpans(transport, tp, func(r *http.Request) string {
+			return "talend " + r.Method + " " + talendRoute(r.URL.Path)
+		})
 	}
 	r.breaker = talend.NewBreaker(traced, talend.BreakerSettings{
 		ConsecutiveFailures: cfg.Talend.BreakerFailures,

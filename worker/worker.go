@@ -137,7 +137,7 @@ type Worker struct {
 	tracer  trace.Tracer
 	metrics *instruments
 
-	inflight     sync.WaitGroup
+	handlers     sync.WaitGroup // the handler pool; Run waits for it
 	running      atomic.Bool
 	shuttingDown atomic.Bool
 	pausedFor    atomic.Value // string: why fetching is paused, "" if not
@@ -261,7 +261,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.shuttingDown.Store(true)
 
 	done := make(chan struct{})
-	go func() { w.inflight.Wait(); close(done) }()
+	go func() { w.handlers.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(w.cfg.ShutdownGrace):
@@ -275,9 +275,28 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// handleEach handles messages from work until it is closed, freeing a
+// slot after each.
+func (w *Worker) handleEach(ctx context.Context, work <-chan jetstream.Msg, slots <-chan struct{}) {
+	for msg := range work {
+		w.handle(ctx, msg)
+		w.metrics.inflight.Add(context.Background(), -1)
+		<-slots
+	}
+}
+
 // fetchLoop pulls at most as many messages as there are free slots.
+//
+// Messages go to a pool of long-lived handler goroutines (at most
+// Concurrency, started as needed) rather than a goroutine each: a handler's
+// stack has grown once to what the Talend call, the spans and the NATS
+// writes need, instead of growing again for every message. The pool ends
+// when the loop returns and the handlers finish what they hold.
 func (w *Worker) fetchLoop(ctx, workCtx context.Context) {
 	slots := make(chan struct{}, w.cfg.Concurrency)
+	work := make(chan jetstream.Msg)
+	defer close(work)
+	handlers := 0
 	for ctx.Err() == nil {
 		if reason := w.pauseReason(); reason != "" {
 			if w.pausedFor.Swap(reason) != reason {
@@ -323,14 +342,16 @@ func (w *Worker) fetchLoop(ctx, workCtx context.Context) {
 				<-slots
 				continue
 			}
-			w.inflight.Add(1)
 			w.metrics.inflight.Add(ctx, 1)
-			go func() {
-				defer w.inflight.Done()
-				defer func() { <-slots }()
-				defer w.metrics.inflight.Add(context.Background(), -1)
-				w.handle(workCtx, msg)
-			}()
+			select {
+			case work <- msg:
+			default:
+				if handlers < w.cfg.Concurrency {
+					handlers++
+					w.handlers.Go(func() { w.handleEach(workCtx, work, slots) })
+				}
+				work <- msg
+			}
 		}
 		releaseSlots(slots, n-got)
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
