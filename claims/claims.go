@@ -5,9 +5,9 @@
 // never a key TTL: a claim whose holder died stays visible, so the next
 // worker can reconcile it against Talend instead of starting the run again.
 //
-// The bucket also indexes which request started which execution
-// (exec.<executionId>), so that reconciliation can tell the fleet's own
-// runs of one task apart.
+// The bucket also records every run call per executable and which request
+// started which execution (incall.<executable>.<minute>.<requestId>), so
+// that reconciliation can tell the fleet's own runs of one task apart.
 //
 // A *Store is safe for concurrent use.
 package claims
@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -195,39 +196,28 @@ func (s *Store) Release(ctx context.Context, c *Claim) error {
 	return nil
 }
 
-// Own records that requestID started executionID. Reconciliation never
-// adopts an execution another request owns.
-func (s *Store) Own(ctx context.Context, executionID, requestID string) error {
-	if _, err := s.kv.Put(ctx, "exec."+executionID, []byte(requestID)); err != nil {
-		return fmt.Errorf("record owner of execution %s: %w", executionID, err)
-	}
-	return nil
-}
-
-// Owner returns the requestId that started executionID, or "".
-func (s *Store) Owner(ctx context.Context, executionID string) (string, error) {
-	entry, err := s.kv.Get(ctx, "exec."+executionID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("read owner of execution %s: %w", executionID, err)
-	}
-	return string(entry.Value()), nil
-}
-
 // Save writes c (compare-and-set on its revision).
 func (s *Store) Save(ctx context.Context, c *Claim) error { return s.update(ctx, c) }
 
 // Now is the store's clock.
 func (s *Store) Now() time.Time { return s.now() }
 
-// InCall is a request whose Talend call is in flight, or whose answer was
-// lost (its holder died or the call timed out), on one executable.
+// InCall is a request's call on one executable: in flight, lost (its
+// holder died or the call timed out), or answered with an execution
+// (ExecutionID set: the request owns that execution).
+//
+// Records are keyed incall.<executable key>.<minute of CallFrom>.<requestId>
+// and stay after the call: the record that names the execution is the
+// fleet's ownership index, written once instead of an owner entry plus a
+// delete. Reconciliation lists only the minutes its window can involve, so
+// its cost follows the traffic of that window, not of the bucket's whole
+// retention.
 type InCall struct {
 	RequestID string `json:"requestId"`
 	Route     string `json:"route"`
-	CallFrom  int64  `json:"callFrom"`
+	// CallFrom is the claim's CallFrom when the call was recorded (unix ms).
+	CallFrom    int64  `json:"callFrom"`
+	ExecutionID string `json:"executionId,omitempty"`
 }
 
 // ExecutableKey names an executable in bucket keys (ids may hold
@@ -237,33 +227,73 @@ func ExecutableKey(kind, executable string) string {
 	return hex.EncodeToString(sum[:10])
 }
 
-func inCallKey(execKey, requestID string) string { return "incall." + execKey + "." + requestID }
+func minute(ms int64) int64 { return ms / 60_000 }
 
-// EnterCall records, before a run call is sent, that requestID may start a
-// run of the executable. Reconciliation of a lost call needs to know every
+func inCallKey(execKey string, c InCall) string {
+	return "incall." + execKey + "." + strconv.FormatInt(minute(c.CallFrom), 10) + "." + c.RequestID
+}
+
+// EnterCall records, before a run call is sent, that c.RequestID may start
+// a run of the executable. Reconciliation of a lost call needs to know every
 // other request that may have started a run of the same executable in the
 // same window: with two such requests and one run, the run cannot be
 // attributed.
 func (s *Store) EnterCall(ctx context.Context, execKey string, c InCall) error {
-	data, _ := json.Marshal(c)
-	if _, err := s.kv.Put(ctx, inCallKey(execKey, c.RequestID), data); err != nil {
+	c.ExecutionID = ""
+	if err := s.putCall(ctx, execKey, c); err != nil {
 		return fmt.Errorf("record call of %s: %w", c.RequestID, err)
 	}
 	return nil
 }
 
-// LeaveCall removes the record once the call's outcome is stored.
-func (s *Store) LeaveCall(ctx context.Context, execKey, requestID string) error {
-	if err := s.kv.Delete(ctx, inCallKey(execKey, requestID)); err != nil {
-		return fmt.Errorf("clear call of %s: %w", requestID, err)
+// Own records that c.RequestID started c.ExecutionID, in the record its
+// EnterCall wrote (same CallFrom). Reconciliation never adopts an execution
+// another request owns.
+func (s *Store) Own(ctx context.Context, execKey string, c InCall) error {
+	if c.ExecutionID == "" {
+		return fmt.Errorf("record owner for %s: no execution id", c.RequestID)
+	}
+	if err := s.putCall(ctx, execKey, c); err != nil {
+		return fmt.Errorf("record owner of execution %s: %w", c.ExecutionID, err)
 	}
 	return nil
 }
 
-// InCalls lists the requests with calls recorded on an executable.
-func (s *Store) InCalls(ctx context.Context, execKey string) ([]InCall, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, "incall."+execKey+".>")
+func (s *Store) putCall(ctx context.Context, execKey string, c InCall) error {
+	data, _ := json.Marshal(c)
+	_, err := s.kv.Put(ctx, inCallKey(execKey, c), data)
+	return err
+}
+
+// LeaveCall removes a record whose call certainly started nothing.
+func (s *Store) LeaveCall(ctx context.Context, execKey string, c InCall) error {
+	if err := s.kv.Delete(ctx, inCallKey(execKey, c)); err != nil {
+		return fmt.Errorf("clear call of %s: %w", c.RequestID, err)
+	}
+	return nil
+}
+
+// maxListedMinutes: a window longer than this lists the executable's
+// records of every minute instead of one filter per minute.
+const maxListedMinutes = 120
+
+// InCalls lists the calls recorded on an executable whose CallFrom lies in
+// [from, to] (to the minute; a few more may come back).
+func (s *Store) InCalls(ctx context.Context, execKey string, from, to time.Time) ([]InCall, error) {
+	first, last := minute(from.UnixMilli()), minute(to.UnixMilli())
+	var filters []string
+	if last-first >= maxListedMinutes || last < first {
+		filters = []string{"incall." + execKey + ".>"}
+	} else {
+		for m := first; m <= last; m++ {
+			filters = append(filters, "incall."+execKey+"."+strconv.FormatInt(m, 10)+".*")
+		}
+	}
+	lister, err := s.kv.ListKeysFiltered(ctx, filters...)
 	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
 		return nil, fmt.Errorf("list calls: %w", err)
 	}
 	var out []InCall

@@ -340,29 +340,71 @@ func TestReleaseDeletesOnlyItsRevision(t *testing.T) {
 	}
 }
 
-func TestOwnerRoundTrip(t *testing.T) {
+// Call records: written before the call, naming the execution after it,
+// listed by the minute of the call, cleared only when nothing started.
+func TestCallRecords(t *testing.T) {
 	b := newBucket(t)
 	ctx := context.Background()
 	s := claims.NewStore(b.kv, "replica-a", nil)
-	if owner, err := s.Owner(ctx, "exec-1"); err != nil || owner != "" {
-		t.Fatalf("Owner of an unrecorded execution = %q, %v; want empty", owner, err)
-	}
-	if err := s.Own(ctx, "exec-1", "req-1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Own(ctx, "exec-2", "req-2"); err != nil {
-		t.Fatal(err)
-	}
-	// Seen from another replica's store.
-	other := claims.NewStore(b.kv, "replica-b", nil)
-	for exec, want := range map[string]string{"exec-1": "req-1", "exec-2": "req-2"} {
-		if owner, err := other.Owner(ctx, exec); err != nil || owner != want {
-			t.Fatalf("Owner(%s) = %q, %v; want %q", exec, owner, err, want)
+	ek := claims.ExecutableKey("task", "task-1")
+	otherEK := claims.ExecutableKey("task", "task-2")
+	base := time.Date(2026, 12, 4, 10, 0, 30, 0, time.UTC)
+	at := func(min int) int64 { return base.Add(time.Duration(min) * time.Minute).UnixMilli() }
+
+	for _, c := range []claims.InCall{
+		{RequestID: "early", Route: "r", CallFrom: at(-10)},
+		{RequestID: "a", Route: "r", CallFrom: at(0)},
+		{RequestID: "b", Route: "r", CallFrom: at(1)},
+		{RequestID: "late", Route: "r", CallFrom: at(10)},
+	} {
+		if err := s.EnterCall(ctx, ek, c); err != nil {
+			t.Fatal(err)
 		}
 	}
-	// Owner records do not collide with claims of the same name.
-	if c, err := other.Get(ctx, "exec-1"); err != nil || c != nil {
-		t.Fatalf("Get(exec-1) = %+v, %v; want no claim", c, err)
+	if err := s.EnterCall(ctx, otherEK, claims.InCall{RequestID: "elsewhere", Route: "r", CallFrom: at(0)}); err != nil {
+		t.Fatal(err)
+	}
+	// a's call answered: the same record now names the execution.
+	if err := s.Own(ctx, ek, claims.InCall{RequestID: "a", Route: "r", CallFrom: at(0), ExecutionID: "exec-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Own(ctx, ek, claims.InCall{RequestID: "b", Route: "r", CallFrom: at(1)}); err == nil {
+		t.Error("Own without an execution id accepted")
+	}
+	// b's call was refused: its record goes.
+	if err := s.LeaveCall(ctx, ek, claims.InCall{RequestID: "b", CallFrom: at(1)}); err != nil {
+		t.Fatal(err)
+	}
+
+	other := claims.NewStore(b.kv, "replica-b", nil)
+	list := func(from, to time.Time) map[string]string {
+		t.Helper()
+		calls, err := other.InCalls(ctx, ek, from, to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, c := range calls {
+			got[c.RequestID] = c.ExecutionID
+		}
+		return got
+	}
+	if got := list(base.Add(-2*time.Minute), base.Add(2*time.Minute)); len(got) != 1 || got["a"] != "exec-a" {
+		t.Errorf("calls around the base minute = %v, want only a owning exec-a", got)
+	}
+	if got := list(base.Add(-11*time.Minute), base.Add(11*time.Minute)); len(got) != 3 || got["early"] != "" || got["late"] != "" {
+		t.Errorf("calls over 22 minutes = %v, want early, a, late", got)
+	}
+	// A window longer than the per-minute filters lists everything.
+	if got := list(base.Add(-5*time.Hour), base.Add(5*time.Hour)); len(got) != 3 {
+		t.Errorf("calls over 10 hours = %v, want 3", got)
+	}
+	if got := list(base.Add(20*time.Minute), base.Add(30*time.Minute)); len(got) != 0 {
+		t.Errorf("calls in an empty window = %v", got)
+	}
+	// Records do not collide with claims of the same name.
+	if c, err := other.Get(ctx, "a"); err != nil || c != nil {
+		t.Fatalf("Get(a) = %+v, %v; want no claim", c, err)
 	}
 }
 

@@ -24,12 +24,11 @@ type Claims interface {
 	MarkUncertain(ctx context.Context, c *claims.Claim) error
 	Release(ctx context.Context, c *claims.Claim) error
 	Save(ctx context.Context, c *claims.Claim) error
-	Own(ctx context.Context, executionID, requestID string) error
-	Owner(ctx context.Context, executionID string) (string, error)
 	Get(ctx context.Context, requestID string) (*claims.Claim, error)
 	EnterCall(ctx context.Context, execKey string, c claims.InCall) error
-	LeaveCall(ctx context.Context, execKey, requestID string) error
-	InCalls(ctx context.Context, execKey string) ([]claims.InCall, error)
+	Own(ctx context.Context, execKey string, c claims.InCall) error
+	LeaveCall(ctx context.Context, execKey string, c claims.InCall) error
+	InCalls(ctx context.Context, execKey string, from, to time.Time) ([]claims.InCall, error)
 	Cancel(ctx context.Context, requestID string) (bool, error)
 }
 
@@ -37,11 +36,26 @@ func execKey(req *messages.Request) string {
 	return claims.ExecutableKey(string(req.Kind), req.Executable)
 }
 
-// leaveCall clears the request's in-call record once its outcome is stored.
-func (w *Worker) leaveCall(ctx context.Context, req *messages.Request) {
-	if err := w.deps.Claims.LeaveCall(context.WithoutCancel(ctx), execKey(req), req.RequestID); err != nil {
+// inCall is the request's call record under a claim (keyed by the claim's
+// CallFrom).
+func inCall(req *messages.Request, c *claims.Claim) claims.InCall {
+	return claims.InCall{RequestID: req.RequestID, Route: req.Route, CallFrom: c.CallFrom}
+}
+
+// leaveCall clears the request's call record when the call certainly
+// started nothing.
+func (w *Worker) leaveCall(ctx context.Context, req *messages.Request, c *claims.Claim) {
+	if err := w.deps.Claims.LeaveCall(context.WithoutCancel(ctx), execKey(req), inCall(req, c)); err != nil {
 		w.log.DebugContext(ctx, "in-call record not cleared", "requestId", req.RequestID, "error", err)
 	}
+}
+
+// callsAround lists the calls recorded on the request's executable that
+// may have started a run triggered in [from, to]: a call is recorded before
+// it waits for budget and is sent, and lasts at most two HTTP timeouts (a
+// retry after a stale token), so its CallFrom is at most that much earlier.
+func (w *Worker) callsAround(ctx context.Context, req *messages.Request, from, to time.Time) ([]claims.InCall, error) {
+	return w.deps.Claims.InCalls(ctx, execKey(req), from.Add(-2*w.cfg.CallTimeout-w.cfg.ClockSkew-time.Minute), to.Add(w.cfg.ClockSkew))
 }
 
 // heldClaim is a claim this worker holds while it works; the heartbeat
@@ -164,7 +178,11 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	}
 	ctx, span := w.tracer.Start(ctx, "reconcile claim")
 	defer span.End()
-	candidates, mine, err := w.candidates(ctx, req, from, to.Add(w.cfg.ReconcileSettle))
+	calls, err := w.callsAround(ctx, req, from, to.Add(w.cfg.ReconcileSettle))
+	if err != nil {
+		return w.retry(ctx, base, err)
+	}
+	candidates, mine, err := w.candidates(ctx, req, calls, from, to.Add(w.cfg.ReconcileSettle))
 	if err != nil {
 		// Only Talend failing to answer counts toward the bound, not calls
 		// this fleet held back itself (budget, breaker).
@@ -183,7 +201,7 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	}
 	if mine {
 		base.reason = "reconciled: adopted"
-		return w.adopt(ctx, req, base, candidates[0])
+		return w.adopt(ctx, req, base, &claim, candidates[0])
 	}
 	if len(candidates) == 0 {
 		base.reason = "reconciled: not started"
@@ -191,7 +209,7 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	}
 	// A run exists. It is this request's only if no other request may have
 	// started a run of the same executable meanwhile.
-	rivals, wait, err := w.rivals(ctx, req, from, to)
+	rivals, wait, err := w.rivals(ctx, req, calls, from, to)
 	if err != nil {
 		return w.retry(ctx, base, err)
 	}
@@ -201,7 +219,7 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	}
 	if len(candidates) == 1 && rivals == 0 {
 		base.reason = "reconciled: adopted"
-		return w.adopt(ctx, req, base, candidates[0])
+		return w.adopt(ctx, req, base, &claim, candidates[0])
 	}
 	detail := fmt.Sprintf("%d executions of %s started by this service account between %s and %s, none claimed by another request, and %d other requests whose calls were lost on it: cannot tell which is this request's",
 		len(candidates), req.Executable, from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339), rivals)
@@ -214,9 +232,16 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 
 // candidates lists the executions that may be this request's run: started
 // by this fleet's service account through the API in the window, and not
-// owned by another request. An execution this request owns is the only
+// owned by another request (calls holds the executable's call records
+// around the window). An execution this request owns is the only
 // candidate.
-func (w *Worker) candidates(ctx context.Context, req *messages.Request, from, to time.Time) (ids []string, mine bool, err error) {
+func (w *Worker) candidates(ctx context.Context, req *messages.Request, calls []claims.InCall, from, to time.Time) (ids []string, mine bool, err error) {
+	owners := make(map[string]string)
+	for _, c := range calls {
+		if c.ExecutionID != "" {
+			owners[c.ExecutionID] = c.RequestID
+		}
+	}
 	var items []talend.ListedExecution
 	for offset, pages := 0, 0; pages < 10; pages++ {
 		page, err := w.deps.Talend.ListExecutionsOf(ctx, req.Kind == messages.KindPlan, req.Executable, from, to, offset, 100)
@@ -235,10 +260,7 @@ func (w *Worker) candidates(ctx context.Context, req *messages.Request, from, to
 		if it.TriggerTime == nil || it.TriggerTime.Before(from) || it.TriggerTime.After(to) {
 			continue
 		}
-		owner, err := w.deps.Claims.Owner(ctx, it.ExecutionID)
-		if err != nil {
-			return nil, false, err
-		}
+		owner := owners[it.ExecutionID]
 		switch {
 		case owner == req.RequestID:
 			return []string{it.ExecutionID}, true, nil
@@ -267,18 +289,23 @@ func (w *Worker) candidates(ctx context.Context, req *messages.Request, from, to
 // found in the window cannot be attributed. A rival still being worked on
 // makes us wait (wait true): it will record its run. Records of rivals
 // that ended accepted (their run is owned) or failed (nothing started)
-// are cleared.
-func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to time.Time) (n int, wait bool, err error) {
-	calls, err := w.deps.Claims.InCalls(ctx, execKey(req))
-	if err != nil {
-		return 0, false, err
+// are cleared; records naming their execution need no reading at all.
+func (w *Worker) rivals(ctx context.Context, req *messages.Request, calls []claims.InCall, from, to time.Time) (n int, wait bool, err error) {
+	owning := make(map[string]bool)
+	for _, c := range calls {
+		if c.ExecutionID != "" {
+			owning[c.RequestID] = true
+		}
 	}
 	now := w.now()
+	seen := make(map[string]bool)
 	for _, c := range calls {
 		callFrom := time.UnixMilli(c.CallFrom)
-		if c.RequestID == req.RequestID || callFrom.After(to) || callFrom.Add(w.cfg.CallTimeout+w.cfg.ClockSkew).Before(from) {
+		if c.RequestID == req.RequestID || owning[c.RequestID] || seen[c.RequestID] ||
+			callFrom.After(to) || callFrom.Add(w.cfg.CallTimeout+w.cfg.ClockSkew).Before(from) {
 			continue
 		}
+		seen[c.RequestID] = true
 		claim, err := w.deps.Claims.Get(ctx, c.RequestID)
 		if err != nil {
 			return 0, false, err
@@ -295,7 +322,7 @@ func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to tim
 			ended = ended || ev != nil
 		}
 		if ended || claim == nil {
-			_ = w.deps.Claims.LeaveCall(ctx, execKey(req), c.RequestID)
+			_ = w.deps.Claims.LeaveCall(ctx, execKey(req), c)
 			continue
 		}
 		n++
@@ -304,11 +331,12 @@ func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to tim
 }
 
 // adopt takes an execution found by reconciliation as this request's run.
-func (w *Worker) adopt(ctx context.Context, req *messages.Request, base decision, executionID string) decision {
-	if err := w.deps.Claims.Own(ctx, executionID, req.RequestID); err != nil {
+func (w *Worker) adopt(ctx context.Context, req *messages.Request, base decision, claim *claims.Claim, executionID string) decision {
+	rec := inCall(req, claim)
+	rec.ExecutionID = executionID
+	if err := w.deps.Claims.Own(ctx, execKey(req), rec); err != nil {
 		return w.retry(ctx, base, err)
 	}
-	w.leaveCall(ctx, req)
 	slot := ""
 	if w.deps.Slots != nil {
 		// An adopted run counts toward the cap like any other; if the cap

@@ -217,7 +217,8 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 	// Recorded before the call: if this worker dies during it, the request
 	// reconciling another lost call on the same executable must know this
 	// one may have started a run too.
-	if err := w.deps.Claims.EnterCall(ctx, execKey(req), claims.InCall{RequestID: req.RequestID, Route: req.Route, CallFrom: w.now().UnixMilli()}); err != nil {
+	call := inCall(req, &held.claim)
+	if err := w.deps.Claims.EnterCall(ctx, execKey(req), call); err != nil {
 		w.releaseSlot(context.WithoutCancel(ctx), slot)
 		w.releaseClaim(context.WithoutCancel(ctx), &held.claim)
 		return w.retry(ctx, base, err)
@@ -252,23 +253,23 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 			// Refused for good: the claim stays, so a republished copy finds
 			// the failed event instead of calling again.
 			w.releaseSlot(writeCtx, slot)
-			w.leaveCall(writeCtx, req)
+			w.leaveCall(writeCtx, req, &held.claim)
 		default:
 			// Nothing started and a retry may work: let the retry claim afresh.
 			w.releaseSlot(writeCtx, slot)
-			w.leaveCall(writeCtx, req)
+			w.leaveCall(writeCtx, req, &held.claim)
 			w.releaseClaim(writeCtx, &held.claim)
 		}
 		return w.afterError(ctx, req, orig, base, err)
 	}
-	// Record the owner first: reconciliation must never give this
-	// execution to another request, and a crash before the accepted event
-	// lets the next delivery adopt it at once.
-	if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Claims.Own(ctx, executionID, req.RequestID) }); err != nil {
+	// Record the owner first, in the call's record: reconciliation must
+	// never give this execution to another request, and a crash before the
+	// accepted event lets the next delivery adopt it at once.
+	call.ExecutionID = executionID
+	if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Claims.Own(ctx, execKey(req), call) }); err != nil {
 		base.act, base.outcome, base.err = actNak, outShutdown, "execution owner not recorded: "+err.Error()
 		return base
 	}
-	w.leaveCall(ctx, req)
 	return w.accepted(ctx, req, base, executionID, slot)
 }
 

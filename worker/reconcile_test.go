@@ -162,12 +162,30 @@ func (e *simEnv) noEvents(t *testing.T, id string, types ...messages.EventType) 
 
 func (e *simEnv) wantOwner(t *testing.T, executionID, requestID string) {
 	t.Helper()
-	owner, err := e.store().Owner(context.Background(), executionID)
+	calls, err := e.store().InCalls(context.Background(), claims.ExecutableKey("task", task), time.Now().Add(-time.Hour), time.Now().Add(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
+	owner := ""
+	for _, c := range calls {
+		if c.ExecutionID == executionID {
+			if owner != "" {
+				t.Errorf("execution %s owned twice: %q and %q", executionID, owner, c.RequestID)
+			}
+			owner = c.RequestID
+		}
+	}
 	if owner != requestID {
-		t.Errorf("exec.%s owned by %q, want %q", executionID, owner, requestID)
+		t.Errorf("execution %s owned by %q, want %q", executionID, owner, requestID)
+	}
+}
+
+// own records that requestID started executionID with a call from callFrom.
+func (e *simEnv) own(t *testing.T, executionID, requestID string, callFrom time.Time) {
+	t.Helper()
+	rec := claims.InCall{RequestID: requestID, Route: "default", CallFrom: callFrom.UnixMilli(), ExecutionID: executionID}
+	if err := e.store().Own(context.Background(), claims.ExecutableKey("task", task), rec); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -237,9 +255,7 @@ func TestReconcileOwnRunAdopted(t *testing.T) {
 	from := time.Now().Add(-100 * time.Millisecond)
 	other := e.startRun(t)
 	mine := e.startRun(t)
-	if err := e.store().Own(context.Background(), mine, "own-1"); err != nil {
-		t.Fatal(err)
-	}
+	e.own(t, mine, "own-1", from)
 	e.crashClaim(t, "dead", "own-1", claims.Starting, from, time.Now())
 	e.run(t)
 	e.publish(t, "own-1", task)
@@ -268,9 +284,7 @@ func TestReconcileForeignRunsAreNotCandidates(t *testing.T) {
 		e.sim.AddForeignExecution(task, "SERVICE", "sa-other", mid),
 	}
 	owned := e.startRun(t)
-	if err := e.store().Own(context.Background(), owned, "other-request"); err != nil {
-		t.Fatal(err)
-	}
+	e.own(t, owned, "other-request", from)
 	// The window covers the owned run too.
 	e.crashClaim(t, "dead", "foreign-1", claims.Uncertain, from, time.Now())
 	e.run(t)

@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/claims"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/telemetry"
 )
@@ -191,7 +192,7 @@ type redriver struct {
 
 	dead, events jetstream.Stream
 	claims       jetstream.KeyValue
-	owners       map[string]bool // requestIds that own an execution (exec.* entries); nil until read
+	owners       map[string]bool // requestIds that own an execution (incall.* records naming one); nil until read
 }
 
 func (r *redriver) open(ctx context.Context) error {
@@ -456,9 +457,10 @@ func (r *redriver) started(ctx context.Context, route, requestID string) (string
 	return "", nil
 }
 
-// readOwners reads the exec.<executionId> → requestId index once.
+// readOwners reads once which requests own an execution: the call records
+// (incall.<executable>.<minute>.<requestId>) that name one.
 func (r *redriver) readOwners(ctx context.Context) error {
-	w, err := r.claims.WatchFiltered(ctx, []string{"exec.>"}, jetstream.IgnoreDeletes())
+	w, err := r.claims.WatchFiltered(ctx, []string{"incall.>"}, jetstream.IgnoreDeletes())
 	if err != nil {
 		return fmt.Errorf("read execution owners: %w", err)
 	}
@@ -476,7 +478,10 @@ func (r *redriver) readOwners(ctx context.Context) error {
 				r.owners = owners
 				return nil
 			}
-			owners[string(e.Value())] = true
+			var c claims.InCall
+			if json.Unmarshal(e.Value(), &c) == nil && c.ExecutionID != "" {
+				owners[c.RequestID] = true
+			}
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/claims"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talendsim"
 )
@@ -167,7 +168,12 @@ func TestRedriveRefusesStartedAndAll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(ctx, "exec.ex-owned", []byte("rd-owned")); err != nil {
+	owned := claims.InCall{RequestID: "rd-owned", Route: "default", CallFrom: time.Now().UnixMilli(), ExecutionID: "ex-owned"}
+	if err := claims.NewStore(kv, "test", nil).Own(ctx, claims.ExecutableKey("task", "t"), owned); err != nil {
+		t.Fatal(err)
+	}
+	// A call record without an execution (in flight, or lost) is no owner.
+	if err := claims.NewStore(kv, "test", nil).EnterCall(ctx, claims.ExecutableKey("task", "t"), claims.InCall{RequestID: "rd-a", Route: "default", CallFrom: time.Now().UnixMilli()}); err != nil {
 		t.Fatal(err)
 	}
 
