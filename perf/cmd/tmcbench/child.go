@@ -59,24 +59,29 @@ func childMain(role string) error {
 		stopProfile()
 		os.Exit(0)
 	}()
+	return runPipeline(ctx, role, os.Stderr)
+}
+
+// runPipeline runs one pipeline until ctx ends; its messages go to out.
+func runPipeline(ctx context.Context, role string, out io.Writer) error {
 	switch role {
 	case "worker":
-		return runWorkerChild(ctx)
+		return runWorkerChild(ctx, out)
 	case "baseline":
-		return runBaselineChild(ctx)
+		return runBaselineChild(ctx, out)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
 
 // runWorkerChild wires the real worker exactly as `tmc-runner worker` does
 // (config from the environment, tracing from OTEL_*, runner.New).
-func runWorkerChild(ctx context.Context) error {
+func runWorkerChild(ctx context.Context, out io.Writer) error {
 	cfg, err := config.Load(nil)
 	if err != nil {
 		return err
 	}
 	cfg.Worker.AdminAddr = "" // several workers on one host; no admin port needed
-	log, err := telemetry.NewLogger(os.Stderr, cfg.Worker.LogLevel, "text")
+	log, err := telemetry.NewLogger(out, cfg.Worker.LogLevel, "text")
 	if err != nil {
 		return err
 	}
@@ -92,11 +97,13 @@ func runWorkerChild(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer nc.Close()
+	defer func() { _ = tracing.Shutdown(context.Background()) }()
 	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log, TracerProvider: tracing.Provider})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(os.Stderr, "worker ready, tracing:", tracing.Exporter)
+	fmt.Fprintln(out, "worker ready, tracing:", tracing.Exporter)
 	return r.Run(ctx)
 }
 
@@ -120,7 +127,7 @@ type baseEvent struct {
 // publish accepted event (awaiting the stream's ack) → ack the request.
 // Both traps avoided: MaxIdleConnsPerHost = concurrency, and the consumer's
 // MaxAckPending (set by the driver) at 20000.
-func runBaselineChild(ctx context.Context) error {
+func runBaselineChild(ctx context.Context, out io.Writer) error {
 	natsURL, simURL := os.Getenv("BENCH_NATS_URL"), os.Getenv("BENCH_SIM_URL")
 	conc, _ := strconv.Atoi(os.Getenv("BENCH_CONCURRENCY"))
 	if natsURL == "" || simURL == "" || conc < 1 {
@@ -130,6 +137,7 @@ func runBaselineChild(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -159,7 +167,7 @@ func runBaselineChild(ctx context.Context) error {
 		for {
 			m, err := it.Next()
 			if err != nil {
-				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) || nc.IsClosed() {
 					close(msgs)
 					return
 				}
@@ -168,18 +176,19 @@ func runBaselineChild(ctx context.Context) error {
 			msgs <- m
 		}
 	}()
-	fmt.Fprintln(os.Stderr, "baseline ready")
+	fmt.Fprintln(out, "baseline ready")
 	for range conc {
 		go func() {
 			for m := range msgs {
 				if err := baselineHandle(ctx, js, client, simURL, token, m); err != nil {
-					fmt.Fprintln(os.Stderr, "baseline:", err)
+					fmt.Fprintln(out, "baseline:", err)
 					_ = m.Nak()
 				}
 			}
 		}()
 	}
 	<-ctx.Done()
+	it.Stop()
 	return nil
 }
 

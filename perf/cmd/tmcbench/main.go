@@ -52,6 +52,11 @@ type Spec struct {
 	Concurrency int    `json:"concurrency"`
 	Tracing     string `json:"tracing,omitempty"` // unsampled | sampled (worker)
 	Follow      bool   `json:"follow,omitempty"`  // TMC_AWAIT_RESULT=true
+	// InProcess: the pipeline runs in the driver process, beside the
+	// nats-server, the simulator and the load generator (the setting of the
+	// ~20k/s figure quoted in the issue). CPU and RSS are then the whole
+	// process's.
+	InProcess bool `json:"inProcess,omitempty"`
 }
 
 // Result is one row of the table.
@@ -167,6 +172,10 @@ func specs() []Spec {
 		}
 	}
 	add(0, 64, Spec{Tracing: "unsampled"}, Spec{Tracing: "sampled"}, Spec{Tracing: "unsampled", Follow: true})
+	// Everything in one process, as in the issue's quoted baseline.
+	out = append(out,
+		Spec{Name: "base-0ms-c64-inproc", Pipeline: "baseline", Concurrency: 64, InProcess: true},
+		Spec{Name: "worker-0ms-c64-unsampled-inproc", Pipeline: "worker", Concurrency: 64, Tracing: "unsampled", InProcess: true})
 	add(0, 256, Spec{Tracing: "unsampled"}, Spec{Tracing: "sampled"})
 	add(100, 128, Spec{Tracing: "unsampled"})
 	add(100, 512, Spec{Tracing: "unsampled"}, Spec{Tracing: "sampled"})
@@ -239,14 +248,15 @@ func drive() error {
 
 func fillRatios(rows []Result) {
 	base := map[string]float64{}
+	key := func(r Result) string { return fmt.Sprint(r.LatencyMS, "/", r.Concurrency, "/", r.InProcess) }
 	for _, r := range rows {
 		if r.Pipeline == "baseline" && r.Err == "" {
-			base[fmt.Sprint(r.LatencyMS, "/", r.Concurrency)] = r.RPS
+			base[key(r)] = r.RPS
 		}
 	}
 	for i := range rows {
 		r := &rows[i]
-		if b := base[fmt.Sprint(r.LatencyMS, "/", r.Concurrency)]; b > 0 && r.Err == "" {
+		if b := base[key(*r)]; b > 0 && r.Err == "" {
 			r.Ratio = r.RPS / b
 		}
 		if r.LatencyMS > 0 {
@@ -390,12 +400,47 @@ func (e *env) provisionBaseline() error {
 	return err
 }
 
-// child is one pipeline process.
+// child is one pipeline: a process, or goroutines of this one (cancel
+// set).
 type child struct {
 	cmd    *exec.Cmd
+	cancel context.CancelFunc
 	mu     sync.Mutex
 	stderr strings.Builder
 	done   chan struct{}
+}
+
+func (c *child) pid() int {
+	if c.cmd == nil {
+		return os.Getpid()
+	}
+	return c.cmd.Process.Pid
+}
+
+// startInProcess runs the pipeline in this process. The worker reads its
+// configuration (and the OpenTelemetry exporter its endpoint) from the
+// process environment, so the row's variables are set for its duration.
+func startInProcess(role string, extra map[string]string) (*child, error) {
+	if *flagProfile != "" {
+		return nil, errors.New("-cpuprofile is for pipeline processes; profile an in-process row with go test -bench instead")
+	}
+	for k, v := range extra {
+		os.Setenv(k, v)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &child{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		defer func() {
+			for k := range extra {
+				os.Unsetenv(k)
+			}
+		}()
+		if err := runPipeline(ctx, role, c); err != nil && ctx.Err() == nil {
+			fmt.Fprintln(c, role+":", err)
+		}
+	}()
+	return c, nil
 }
 
 func (c *child) Write(p []byte) (int, error) {
@@ -451,6 +496,14 @@ func (c *child) exited() bool {
 // stop sends SIGTERM (the child stops a CPU profile and exits at once),
 // then kills after 5 s.
 func (c *child) stop() {
+	if c.cmd == nil {
+		c.cancel()
+		select {
+		case <-c.done:
+		case <-time.After(30 * time.Second):
+		}
+		return
+	}
 	_ = c.cmd.Process.Signal(os.Interrupt)
 	select {
 	case <-c.done:
@@ -525,7 +578,12 @@ func runRow(s Spec, warm, window time.Duration) (res Result) {
 	defer sub.Unsubscribe()
 	_ = sub.SetPendingLimits(-1, -1)
 
-	c, err := startChild(s.Pipeline, childEnv)
+	var c *child
+	if s.InProcess {
+		c, err = startInProcess(s.Pipeline, childEnv)
+	} else {
+		c, err = startChild(s.Pipeline, childEnv)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -577,7 +635,7 @@ func runRow(s Spec, warm, window time.Duration) (res Result) {
 		return fail(errors.New("no accepted event within 60s"), c)
 	}
 	time.Sleep(warm)
-	pid := c.cmd.Process.Pid
+	pid := c.pid()
 	cpu0, _ := procCPU(pid)
 	d0, _ := procCPU(os.Getpid())
 	m0 := e.pipelineInMsgs()

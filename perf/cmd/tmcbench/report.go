@@ -15,6 +15,7 @@ func markdown(rep Report) string {
 	fmt.Fprintf(&b, "# tmcbench %s\n\n%s, %d CPUs, %s mode, %s measurement window per row after warm-up.\n", rep.Date, rep.Go, rep.CPUs, mode, rep.Window)
 	b.WriteString("nats-server (embedded, file storage), simulator and OTLP receiver in the driver process; each pipeline in its own process (CPU and RSS are that process's).\n")
 	b.WriteString("Throughput: closed loop, the publisher keeps 1.5×concurrency+64 requests outstanding. Latency (p50/p99): then an open-loop load at 70% of that throughput; request publish time (metadata) → stream timestamp of its `accepted` event.\n")
+	b.WriteString("Rows ending -inproc: the pipeline runs inside the driver process, like the issue's quoted one-process baseline; their CPU µs/req is the whole process's (server, simulator, load generator and pipeline).\n")
 	b.WriteString("CPU µs/req: the pipeline process's utime+stime over the window / requests completed. NATS msgs/req: messages the pipeline's connections sent to the server per request. Driver CPU: nats-server + simulator + load generator.\n\n")
 	b.WriteString("| row | pipeline | latency | conc | tracing | req/s | worker/baseline | p50 ms | p99 ms | CPU µs/req | peak RSS MB | conc/latency eff. | NATS msgs/req | driver CPU µs/req |\n")
 	b.WriteString("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
@@ -37,8 +38,13 @@ func markdown(rep Report) string {
 			fmt.Fprintf(&b, "| %s | %s | %d ms | %d | %s | error: %s | | | | | | | | |\n", r.Name, r.Pipeline, r.LatencyMS, r.Concurrency, tr, r.Err)
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d ms | %d | %s | %.0f | %s | %.1f | %.1f | %.0f | %.1f | %s | %.1f | %.0f |\n",
-			r.Name, r.Pipeline, r.LatencyMS, r.Concurrency, tr, r.RPS, ratio, r.P50ms, r.P99ms, r.CPUusPerReq, r.PeakRSSMB, eff, r.NATSMsgsPerReq, r.DriverCPUusPerReq)
+		pipeline, rss, driver := r.Pipeline, fmt.Sprintf("%.1f", r.PeakRSSMB), fmt.Sprintf("%.0f", r.DriverCPUusPerReq)
+		if r.InProcess {
+			// One process: its CPU is everything's, its RSS the driver's.
+			pipeline, rss, driver = r.Pipeline+" (one process)", "-", "(in CPU)"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d ms | %d | %s | %.0f | %s | %.1f | %.1f | %.0f | %s | %s | %.1f | %s |\n",
+			r.Name, pipeline, r.LatencyMS, r.Concurrency, tr, r.RPS, ratio, r.P50ms, r.P99ms, r.CPUusPerReq, rss, eff, r.NATSMsgsPerReq, driver)
 	}
 	var notes []string
 	for _, r := range rep.Rows {
@@ -94,9 +100,13 @@ func plotSVG(rep Report) string {
 		match        func(Result) bool
 	}
 	ss := []series{
-		{"baseline", "#1f77b4", func(r Result) bool { return r.Pipeline == "baseline" }},
-		{"worker (unsampled)", "#d62728", func(r Result) bool { return r.Pipeline == "worker" && r.Tracing == "unsampled" && !r.Follow }},
-		{"worker (sampled)", "#ff7f0e", func(r Result) bool { return r.Pipeline == "worker" && r.Tracing == "sampled" && !r.Follow }},
+		{"baseline", "#1f77b4", func(r Result) bool { return r.Pipeline == "baseline" && !r.InProcess }},
+		{"worker (unsampled)", "#d62728", func(r Result) bool {
+			return r.Pipeline == "worker" && r.Tracing == "unsampled" && !r.Follow && !r.InProcess
+		}},
+		{"worker (sampled)", "#ff7f0e", func(r Result) bool {
+			return r.Pipeline == "worker" && r.Tracing == "sampled" && !r.Follow && !r.InProcess
+		}},
 	}
 	for pi, lat := range lats {
 		ox := float64(pi) * pw
