@@ -54,6 +54,8 @@ type Fleet struct {
 	breakerUntil time.Time            // some replica's breaker is open
 	processing   *rate.Limiter
 	monitoring   *rate.Limiter
+	// One caller at a time reserves on each limiter (see Wait).
+	processingGate, monitoringGate chan struct{}
 
 	ready     chan struct{} // closed once this replica joined and saw the others
 	readyOnce sync.Once
@@ -79,6 +81,7 @@ func New(kv jetstream.KeyValue, opts Options) *Fleet {
 	f := &Fleet{kv: kv, opts: opts, members: map[string]time.Time{opts.Holder: opts.Now()}, ready: make(chan struct{})}
 	f.processing = newLimiter(opts.PerMinute)
 	f.monitoring = newLimiter(opts.MonitoringPerMinute)
+	f.processingGate, f.monitoringGate = make(chan struct{}, 1), make(chan struct{}, 1)
 	return f
 }
 
@@ -195,28 +198,72 @@ func (f *Fleet) rebalance() {
 
 // Wait blocks until a call to path may be sent: after any fleet-wide
 // pause, within this replica's share of the budget.
+//
+// Callers take turns (one gate per budget): only the caller at the head
+// holds a reservation on the limiter, and the pause is checked again once
+// its time comes. With every caller reserving at once, a backlog would
+// hold reservations for many seconds ahead at the rate of the moment: a
+// share cut by a replica joining, or a 429 pause, would only apply after
+// all of them had been sent (found by a cold start of three workers
+// against a backlog: 20–40 429s).
 func (f *Fleet) Wait(ctx context.Context, path string) error {
-	for {
-		f.mu.Lock()
-		pause := f.pauseUntil.Sub(f.opts.Now())
-		f.mu.Unlock()
-		if pause <= 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(pause):
-		}
-	}
-	limiter := f.processing
+	limiter, gate := f.processing, f.processingGate
 	if strings.HasPrefix(path, "/monitoring/") {
-		limiter = f.monitoring
+		limiter, gate = f.monitoring, f.monitoringGate
 	}
 	if limiter == nil || strings.HasPrefix(path, "/security/") {
-		return nil
+		return f.waitPause(ctx)
 	}
-	return limiter.Wait(ctx)
+	select {
+	case gate <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-gate }()
+	for {
+		if err := f.waitPause(ctx); err != nil {
+			return err
+		}
+		r := limiter.Reserve()
+		if d := r.Delay(); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				r.Cancel()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+		if f.pausedFor() <= 0 {
+			return nil
+		}
+		// A pause began while this call waited its turn: it waits the pause
+		// out and takes a new turn.
+	}
+}
+
+func (f *Fleet) pausedFor() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pauseUntil.Sub(f.opts.Now())
+}
+
+// waitPause returns once no fleet-wide pause is in force.
+func (f *Fleet) waitPause(ctx context.Context) error {
+	for {
+		pause := f.pausedFor()
+		if pause <= 0 {
+			return nil
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // Pause makes the whole fleet wait for d (a 429: Retry-After, or the

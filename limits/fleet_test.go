@@ -105,3 +105,93 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// waiters calls Wait from n goroutines until ctx ends and records when
+// each call was admitted.
+func waiters(ctx context.Context, f *Fleet, n int) (admitted func(from, to time.Time) int, wait func()) {
+	var (
+		mu    sync.Mutex
+		times []time.Time
+		wg    sync.WaitGroup
+	)
+	for range n {
+		wg.Go(func() {
+			for f.Wait(ctx, "/processing/executions") == nil {
+				mu.Lock()
+				times = append(times, time.Now())
+				mu.Unlock()
+			}
+		})
+	}
+	return func(from, to time.Time) int {
+		mu.Lock()
+		defer mu.Unlock()
+		k := 0
+		for _, t := range times {
+			if !t.Before(from) && t.Before(to) {
+				k++
+			}
+		}
+		return k
+	}, wg.Wait
+}
+
+// With a backlog of callers waiting, a share cut (a replica joins) applies
+// to the next call, not after every call already queued at the old rate.
+// (Found by a cold start of three workers against a backlog.)
+func TestShareCutAppliesToWaitingCalls(t *testing.T) {
+	kv := claimsBucket(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	a := New(kv, Options{Holder: "a", PerMinute: 1200, Heartbeat: 100 * time.Millisecond}) // 20/s alone
+	wg.Go(func() { _ = a.Run(ctx) })
+	<-a.Ready()
+	admitted, stop := waiters(ctx, a, 64)
+	defer func() { cancel(); stop() }()
+	time.Sleep(time.Second) // 64 callers queued behind a 20/s budget
+
+	// Three more replicas join: a's share drops to 5/s.
+	for _, name := range []string{"b", "c", "d"} {
+		f := New(kv, Options{Holder: name, PerMinute: 1200, Heartbeat: 100 * time.Millisecond})
+		wg.Go(func() { _ = f.Run(ctx) })
+		<-f.Ready()
+	}
+	waitUntil(t, "a sees 4 members", func() bool { return a.Members() == 4 })
+	from := time.Now()
+	time.Sleep(2 * time.Second)
+	// 5/s for 2 s; at the old rate it would be 40.
+	if n := admitted(from, time.Now()); n > 12 {
+		t.Fatalf("%d calls admitted in 2 s after the share fell to 5/s, want about 10", n)
+	}
+	if n := admitted(from, time.Now()); n < 6 {
+		t.Fatalf("%d calls admitted in 2 s at 5/s: the waiting callers stalled", n)
+	}
+}
+
+// A 429 pause holds every waiting caller, including those whose turn at
+// the budget had already come.
+func TestPauseHoldsWaitingCalls(t *testing.T) {
+	kv := claimsBucket(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	f := New(kv, Options{Holder: "a", PerMinute: 600, Heartbeat: 100 * time.Millisecond}) // 10/s
+	wg.Go(func() { _ = f.Run(ctx) })
+	<-f.Ready()
+	admitted, stop := waiters(ctx, f, 32)
+	defer func() { cancel(); stop() }()
+	time.Sleep(500 * time.Millisecond)
+	f.Pause(ctx, time.Second)
+	paused := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	// One call may have been on its way out when the pause began.
+	if n := admitted(paused.Add(50*time.Millisecond), paused.Add(950*time.Millisecond)); n > 0 {
+		t.Fatalf("%d calls admitted during a 1 s pause", n)
+	}
+	if n := admitted(paused.Add(time.Second), time.Now()); n == 0 {
+		t.Fatal("no call admitted after the pause ended")
+	}
+}

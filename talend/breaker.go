@@ -25,9 +25,13 @@ type BreakerSettings struct {
 
 // Breaker is an http.RoundTripper that sends requests through a
 // sony/gobreaker circuit breaker. Only systemic failures count against
-// Talend: 5xx, 429, 408, connection errors and timeouts. A 4xx answer is
-// Talend working correctly and counts as a success; a caller's cancellation
-// counts as nothing.
+// Talend: 5xx, 408, connection errors and timeouts. A 4xx answer is
+// Talend working correctly and counts as a success. A 429 and a caller's
+// cancellation count as nothing: a 429 says Talend is healthy and the
+// fleet is over its budget, which the fleet-wide pause (limits.Transport)
+// answers within seconds; opening the breaker for it would stop the whole
+// fleet for the breaker's open time (a burst of 429s from the calls in
+// flight when a rate window overflows is enough to trip it).
 type Breaker struct {
 	next http.RoundTripper
 	cb   *gobreaker.TwoStepCircuitBreaker[struct{}]
@@ -51,7 +55,7 @@ func NewBreaker(next http.RoundTripper, s BreakerSettings) *Breaker {
 		Timeout:     openFor,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
 		IsExcluded: func(err error) bool {
-			return errors.Is(err, context.Canceled)
+			return errors.Is(err, context.Canceled) || errors.Is(err, errRateLimited)
 		},
 	}
 	if s.OnStateChange != nil {
@@ -60,8 +64,12 @@ func NewBreaker(next http.RoundTripper, s BreakerSettings) *Breaker {
 	return &Breaker{next: next, cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](settings)}
 }
 
-// errSystemicStatus is what the breaker is told about a systemic HTTP answer.
-var errSystemicStatus = errors.New("systemic HTTP status")
+var (
+	// errSystemicStatus is what the breaker is told about a systemic HTTP answer.
+	errSystemicStatus = errors.New("systemic HTTP status")
+	// errRateLimited is what it is told about a 429 (excluded from its counts).
+	errRateLimited = errors.New("rate limited")
+)
 
 // RoundTrip implements http.RoundTripper.
 func (b *Breaker) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -76,8 +84,9 @@ func (b *Breaker) RoundTrip(req *http.Request) (*http.Response, error) {
 		done(context.Canceled)
 	case err != nil:
 		done(err)
+	case resp.StatusCode == http.StatusTooManyRequests:
+		done(errRateLimited)
 	case resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented,
-		resp.StatusCode == http.StatusTooManyRequests,
 		resp.StatusCode == http.StatusRequestTimeout:
 		done(errSystemicStatus)
 	default:

@@ -105,7 +105,6 @@ func TestBreakerOpensOnSystemicFailures(t *testing.T) {
 	}{
 		{"503", func(e *breakerEnv) { e.sim.SetOutage(true) }, nil},
 		{"500", func(e *breakerEnv) { e.sim.InjectFault(talendsim.Fault{Status: 500}) }, nil},
-		{"429", func(e *breakerEnv) { e.sim.InjectFault(talendsim.Fault{Status: 429, RetryAfter: "1"}) }, nil},
 		{"connection lost", func(e *breakerEnv) { e.drop.Store(true) }, nil},
 		{"timeout", func(e *breakerEnv) { e.sim.InjectFault(talendsim.Fault{Delay: 5 * time.Second}) }, func(err error) bool {
 			var ne interface{ Timeout() bool }
@@ -142,6 +141,35 @@ func TestBreakerOpensOnSystemicFailures(t *testing.T) {
 				t.Fatalf("state changes %v, want [closed->open]", got)
 			}
 		})
+	}
+}
+
+// A 429 is the fleet over its budget, not Talend failing: it stays a
+// systemic error (the request is retried later) but never opens the
+// breaker, however many come in a row.
+func TestBreakerIgnoresRateLimits(t *testing.T) {
+	t.Parallel()
+	const failures = 2
+	e := newBreakerEnv(t, failures, time.Hour, 10*time.Second)
+	e.sim.InjectFault(talendsim.Fault{Status: 429, RetryAfter: "1"})
+	for i := range 5 * failures {
+		_, err := e.client.RunTask(context.Background(), TaskRun{Executable: "t"})
+		var apiErr *APIError
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 429 || !IsSystemic(err) || RetryAfter(err) != time.Second {
+			t.Fatalf("call %d: %v, want a systemic 429 with its Retry-After", i, err)
+		}
+	}
+	if st := e.breaker.State(); st != gobreaker.StateClosed {
+		t.Fatalf("breaker %v after %d 429s, want closed", st, 5*failures)
+	}
+	// Systemic failures still count (the 429s did not reset anything).
+	e.sim.ClearFaults()
+	e.sim.SetOutage(true)
+	for range failures {
+		_, _ = e.client.RunTask(context.Background(), TaskRun{Executable: "t"})
+	}
+	if st := e.breaker.State(); st != gobreaker.StateOpen {
+		t.Fatalf("breaker %v after %d 503s following the 429s, want open", st, failures)
 	}
 }
 
