@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Problem messages. They name rules, never values: a body may carry secrets
@@ -511,32 +512,138 @@ type member struct {
 
 // objectMembers splits a JSON object into its members, keeping duplicates
 // (encoding/json's map and struct decoding silently keep only the last).
-// raw must be valid JSON; ok is false when it is not an object.
+// raw must be valid JSON; ok is false when it is not an object. Values are
+// slices of raw.
+//
+// A scanner rather than json.Decoder tokens: every request goes through it,
+// and the token API allocated for every key and value (the decoder's
+// largest cost; decodeMembersTokens in the tests is the reference it is
+// checked against).
 func objectMembers(raw []byte) (members []member, ok bool) {
-	if kindOf(raw) != '{' {
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
 		return nil, false
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if _, err := dec.Token(); err != nil { // the opening brace
-		return nil, false
+	i = skipSpace(raw, i+1)
+	if i < len(raw) && raw[i] == '}' {
+		return nil, true
 	}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
+	for i < len(raw) && raw[i] == '"' {
+		end := endOfString(raw, i)
+		if end < 0 {
 			return nil, false
 		}
-		key, isString := tok.(string)
-		if !isString {
+		key, ok := jsonString(raw[i:end])
+		if !ok {
 			return nil, false
 		}
-		var value json.RawMessage
-		if err := dec.Decode(&value); err != nil {
+		i = skipSpace(raw, end)
+		if i >= len(raw) || raw[i] != ':' {
 			return nil, false
 		}
-		members = append(members, member{key: key, raw: bytes.TrimSpace(value)})
+		start := skipSpace(raw, i+1)
+		end = endOfValue(raw, start)
+		if end < 0 {
+			return nil, false
+		}
+		members = append(members, member{key: key, raw: raw[start:end:end]})
+		i = skipSpace(raw, end)
+		if i >= len(raw) {
+			return nil, false
+		}
+		switch raw[i] {
+		case ',':
+			i = skipSpace(raw, i+1)
+		case '}':
+			return members, true
+		default:
+			return nil, false
+		}
 	}
-	return members, true
+	return nil, false
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// endOfString returns the index just past the string starting at b[i]
+// (a '"'), or -1.
+func endOfString(b []byte, i int) int {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return -1
+}
+
+// endOfValue returns the index just past the JSON value starting at b[i],
+// or -1.
+func endOfValue(b []byte, i int) int {
+	if i >= len(b) {
+		return -1
+	}
+	switch b[i] {
+	case '"':
+		return endOfString(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				end := endOfString(b, j)
+				if end < 0 {
+					return -1
+				}
+				j = end - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return -1
+	}
+	j := i
+	for j < len(b) {
+		switch b[j] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return j
+		}
+		j++
+	}
+	return j
+}
+
+// jsonString decodes a quoted JSON string; plain ASCII without escapes is
+// the common case and needs no decoder.
+func jsonString(quoted []byte) (string, bool) {
+	inner := quoted[1 : len(quoted)-1]
+	plain := true
+	for _, c := range inner {
+		if c == '\\' || c >= utf8.RuneSelf {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return string(inner), true
+	}
+	var s string
+	if err := json.Unmarshal(quoted, &s); err != nil {
+		return "", false
+	}
+	return s, true
 }
 
 // kindOf classifies a JSON value by its first byte: '{', '[', '"', 't'
