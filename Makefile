@@ -43,9 +43,9 @@ fuzz:
 bench-quick:
 	$(GO) test -run '^$$' -bench BenchmarkPipeline -benchtime 20000x -count 3 ./runner
 
-## bench: baseline pipeline vs the worker, fleet budget, backlog RSS → perf/results (see perf/README.md)
+## bench: baseline pipeline vs the worker (every row 3 times, interleaved), fleet budget, backlog RSS → perf/results (see perf/README.md)
 bench:
-	$(GO) run ./perf/cmd/tmcbench -out perf/results
+	$(GO) run ./perf/cmd/tmcbench -out perf/results -repeat 3 -window 8s
 
 ## bench-smoke: the same, smaller (about 3 minutes)
 bench-smoke:

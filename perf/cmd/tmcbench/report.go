@@ -13,6 +13,9 @@ func markdown(rep Report) string {
 		mode = "quick"
 	}
 	fmt.Fprintf(&b, "# tmcbench %s\n\n%s, %d CPUs, %s mode, %s measurement window per row after warm-up.\n", rep.Date, rep.Go, rep.CPUs, mode, rep.Window)
+	if rep.Repeat > 1 {
+		fmt.Fprintf(&b, "Every row ran %d times, interleaved (all rows, then all again); each row shows its median run, and the req/s column lists every run.\n", rep.Repeat)
+	}
 	b.WriteString("nats-server (embedded, file storage), simulator and OTLP receiver in the driver process; each pipeline in its own process (CPU and RSS are that process's).\n")
 	b.WriteString("Throughput: closed loop, the publisher keeps 1.5×concurrency+64 requests outstanding. Latency (p50/p99): then an open-loop load at 70% of that throughput; request publish time (metadata) → stream timestamp of its `accepted` event.\n")
 	b.WriteString("Rows ending -inproc: the pipeline runs inside the driver process, like the issue's quoted one-process baseline; their CPU µs/req is the whole process's (server, simulator, load generator and pipeline).\n")
@@ -43,8 +46,16 @@ func markdown(rep Report) string {
 			// One process: its CPU is everything's, its RSS the driver's.
 			pipeline, rss, driver = r.Pipeline+" (one process)", "-", "(in CPU)"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d ms | %d | %s | %.0f | %s | %.1f | %.1f | %.0f | %s | %s | %.1f | %s |\n",
-			r.Name, pipeline, r.LatencyMS, r.Concurrency, tr, r.RPS, ratio, r.P50ms, r.P99ms, r.CPUusPerReq, rss, eff, r.NATSMsgsPerReq, driver)
+		rps := fmt.Sprintf("%.0f", r.RPS)
+		if len(r.Runs) > 1 {
+			var all []string
+			for _, x := range r.Runs {
+				all = append(all, fmt.Sprintf("%.0f", x))
+			}
+			rps += " (" + strings.Join(all, " · ") + ")"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d ms | %d | %s | %s | %s | %.1f | %.1f | %.0f | %s | %s | %.1f | %s |\n",
+			r.Name, pipeline, r.LatencyMS, r.Concurrency, tr, rps, ratio, r.P50ms, r.P99ms, r.CPUusPerReq, rss, eff, r.NATSMsgsPerReq, driver)
 	}
 	var notes []string
 	for _, r := range rep.Rows {

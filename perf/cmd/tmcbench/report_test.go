@@ -56,3 +56,17 @@ func TestReportAndPlot(t *testing.T) {
 		}
 	}
 }
+
+func TestMedianRun(t *testing.T) {
+	rs := []Result{{RPS: 300, P50ms: 3}, {RPS: 100, P50ms: 1}, {RPS: 200, P50ms: 2}}
+	m := medianRun(rs)
+	if m.RPS != 200 || m.P50ms != 2 {
+		t.Fatalf("median run %+v, want the 200 req/s one with its own figures", m)
+	}
+	if len(m.Runs) != 3 || m.Runs[0] != 300 || m.Runs[1] != 100 || m.Runs[2] != 200 {
+		t.Fatalf("runs %v, want every run in order", m.Runs)
+	}
+	if m := medianRun(rs[:2]); m.RPS != 100 {
+		t.Fatalf("median of two = %v, want the lower", m.RPS)
+	}
+}
