@@ -110,6 +110,10 @@ type Options struct {
 	// (tests shorten delays; experiments scale time).
 	Tune       func(*worker.Config)
 	TuneFollow func(*follow.Config)
+	// TalendTransport, when set, carries the Talend calls instead of the
+	// transport built from the configuration (proxy, CA file): the
+	// benchmark's one-process rows serve the simulator without sockets.
+	TalendTransport http.RoundTripper
 }
 
 // Runner is one assembled worker process.
@@ -189,9 +193,13 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	if cfg.Worker.MaxRunning > 0 {
 		r.slots = limits.NewSlots(kv, cfg.Worker.MaxRunning, nil)
 	}
-	transport, err := talend.NewTransport(talend.TransportOptions{CAFile: cfg.Talend.CAFile, MaxConnsPerHost: cfg.Worker.Concurrency})
-	if err != nil {
-		return nil, err
+	transport := opts.TalendTransport
+	if transport == nil {
+		t, err := talend.NewTransport(talend.TransportOptions{CAFile: cfg.Talend.CAFile, MaxConnsPerHost: cfg.Worker.Concurrency})
+		if err != nil {
+			return nil, err
+		}
+		transport = t
 	}
 	recordTransition := talend.BreakerMetrics(mp, func() *talend.Breaker { return r.breaker })
 	// Fleet limits outside, breaker inside: a call waits for budget first

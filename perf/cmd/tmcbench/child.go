@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -18,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -25,6 +27,39 @@ import (
 	"github.com/tmc-runner/tmc-runner/runner"
 	"github.com/tmc-runner/tmc-runner/telemetry"
 )
+
+// inProcess, when set, is how a pipeline run inside the driver process
+// reaches the server and the API: the embedded server's in-process
+// connection and the simulator's handler called directly — no sockets, as
+// in a one-process pipeline with the API in-process.
+var inProcess *inProcessLinks
+
+type inProcessLinks struct {
+	nats *server.Server
+	api  http.RoundTripper
+}
+
+// connectNATS dials url, or the in-process server when there is one.
+func connectNATS(url string, opts ...nats.Option) (*nats.Conn, error) {
+	if inProcess != nil {
+		return nats.Connect("", append(opts, nats.InProcessServer(inProcess.nats))...)
+	}
+	return nats.Connect(url, opts...)
+}
+
+// handlerTransport serves HTTP requests by calling a handler in process.
+type handlerTransport struct{ h http.Handler }
+
+func (t handlerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	if r.Body == nil {
+		r.Body = http.NoBody
+	}
+	t.h.ServeHTTP(rec, r)
+	resp := rec.Result()
+	resp.Request = r
+	return resp, r.Context().Err()
+}
 
 // Baseline topology: its own streams, so it shares nothing with the worker's.
 const (
@@ -93,13 +128,17 @@ func runWorkerChild(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(cfg.NATS.URL, opts...)
+	nc, err := connectNATS(cfg.NATS.URL, opts...)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	defer func() { _ = tracing.Shutdown(context.Background()) }()
-	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log, TracerProvider: tracing.Provider})
+	ropts := runner.Options{Config: cfg, Conn: nc, Logger: log, TracerProvider: tracing.Provider}
+	if inProcess != nil {
+		ropts.TalendTransport = inProcess.api
+	}
+	r, err := runner.New(ctx, ropts)
 	if err != nil {
 		return err
 	}
@@ -133,7 +172,7 @@ func runBaselineChild(ctx context.Context, out io.Writer) error {
 	if natsURL == "" || simURL == "" || conc < 1 {
 		return errors.New("BENCH_NATS_URL, BENCH_SIM_URL, BENCH_CONCURRENCY required")
 	}
-	nc, err := nats.Connect(natsURL, nats.Name("tmcbench baseline"))
+	nc, err := connectNATS(natsURL, nats.Name("tmcbench baseline"))
 	if err != nil {
 		return err
 	}
@@ -153,6 +192,9 @@ func runBaselineChild(ctx context.Context, out io.Writer) error {
 			MaxIdleConnsPerHost: conc,
 			IdleConnTimeout:     90 * time.Second,
 		},
+	}
+	if inProcess != nil {
+		client.Transport = inProcess.api
 	}
 	token, err := baselineToken(client, simURL)
 	if err != nil {
