@@ -218,6 +218,9 @@ type InCall struct {
 	// CallFrom is the claim's CallFrom when the call was recorded (unix ms).
 	CallFrom    int64  `json:"callFrom"`
 	ExecutionID string `json:"executionId,omitempty"`
+
+	// Revision is the record's revision when InCalls read it (0 otherwise).
+	Revision uint64 `json:"-"`
 }
 
 // ExecutableKey names an executable in bucket keys (ids may hold
@@ -265,9 +268,16 @@ func (s *Store) putCall(ctx context.Context, execKey string, c InCall) error {
 	return err
 }
 
-// LeaveCall removes a record whose call certainly started nothing.
+// LeaveCall removes a record whose call certainly started nothing. A
+// record read by InCalls is removed only if it has not changed since: its
+// request may have written its execution into it meanwhile, and the
+// record is then the only index of who owns that execution.
 func (s *Store) LeaveCall(ctx context.Context, execKey string, c InCall) error {
-	if err := s.kv.Delete(ctx, inCallKey(execKey, c)); err != nil {
+	var opts []jetstream.KVDeleteOpt
+	if c.Revision != 0 {
+		opts = append(opts, jetstream.LastRevision(c.Revision))
+	}
+	if err := s.kv.Delete(ctx, inCallKey(execKey, c), opts...); err != nil {
 		return fmt.Errorf("clear call of %s: %w", c.RequestID, err)
 	}
 	return nil
@@ -304,6 +314,7 @@ func (s *Store) InCalls(ctx context.Context, execKey string, from, to time.Time)
 		}
 		var c InCall
 		if json.Unmarshal(entry.Value(), &c) == nil {
+			c.Revision = entry.Revision()
 			out = append(out, c)
 		}
 	}

@@ -402,6 +402,24 @@ func TestCallRecords(t *testing.T) {
 	if got := list(base.Add(20*time.Minute), base.Add(30*time.Minute)); len(got) != 0 {
 		t.Errorf("calls in an empty window = %v", got)
 	}
+	// A record listed before its request wrote the execution into it is
+	// not deleted by the stale copy: it is the only index of the owner.
+	calls, err := other.InCalls(ctx, ek, base.Add(9*time.Minute), base.Add(11*time.Minute))
+	if err != nil || len(calls) != 1 || calls[0].RequestID != "late" || calls[0].Revision == 0 {
+		t.Fatalf("listing late = %+v, %v; want its record with a revision", calls, err)
+	}
+	stale := calls[0]
+	owned := stale
+	owned.Revision, owned.ExecutionID = 0, "exec-late"
+	if err := s.Own(ctx, ek, owned); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.LeaveCall(ctx, ek, stale); err == nil {
+		t.Error("a stale copy of a record deleted it")
+	}
+	if got := list(base.Add(9*time.Minute), base.Add(11*time.Minute)); got["late"] != "exec-late" {
+		t.Errorf("after the stale delete: %v, want late owning exec-late", got)
+	}
 	// Records do not collide with claims of the same name.
 	if c, err := other.Get(ctx, "a"); err != nil || c != nil {
 		t.Fatalf("Get(a) = %+v, %v; want no claim", c, err)

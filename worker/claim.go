@@ -209,7 +209,7 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	}
 	// A run exists. It is this request's only if no other request may have
 	// started a run of the same executable meanwhile.
-	rivals, wait, err := w.rivals(ctx, req, calls, from, to)
+	rivals, wait, err := w.rivals(ctx, req, from, to)
 	if err != nil {
 		return w.retry(ctx, base, err)
 	}
@@ -290,7 +290,13 @@ func (w *Worker) candidates(ctx context.Context, req *messages.Request, calls []
 // makes us wait (wait true): it will record its run. Records of rivals
 // that ended accepted (their run is owned) or failed (nothing started)
 // are cleared; records naming their execution need no reading at all.
-func (w *Worker) rivals(ctx context.Context, req *messages.Request, calls []claims.InCall, from, to time.Time) (n int, wait bool, err error) {
+// The records are listed afresh: rivals are read after Talend's lists, and
+// a rival may have recorded its run meanwhile.
+func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to time.Time) (n int, wait bool, err error) {
+	calls, err := w.callsAround(ctx, req, from, to)
+	if err != nil {
+		return 0, false, err
+	}
 	owning := make(map[string]bool)
 	for _, c := range calls {
 		if c.ExecutionID != "" {
@@ -313,15 +319,23 @@ func (w *Worker) rivals(ctx context.Context, req *messages.Request, calls []clai
 		if claim != nil && claim.State == claims.Starting && now.Sub(claim.HeartbeatTime()) < w.cfg.ClaimStale {
 			return 0, true, nil
 		}
-		ended := false
-		for _, t := range []messages.EventType{messages.Accepted, messages.Failed} {
-			ev, err := w.deps.Events.FindEvent(ctx, c.Route, c.RequestID, t)
-			if err != nil {
-				return 0, false, err
-			}
-			ended = ended || ev != nil
+		accepted, err := w.deps.Events.FindEvent(ctx, c.Route, c.RequestID, messages.Accepted)
+		if err != nil {
+			return 0, false, err
 		}
-		if ended || claim == nil {
+		if accepted != nil {
+			// It owns its run (the owner is written before the event, in
+			// this record or a later one of the same request): no rival, and
+			// its record stays.
+			continue
+		}
+		failed, err := w.deps.Events.FindEvent(ctx, c.Route, c.RequestID, messages.Failed)
+		if err != nil {
+			return 0, false, err
+		}
+		if failed != nil || claim == nil {
+			// Nothing started: clear the record, unless it changed since it
+			// was listed.
 			_ = w.deps.Claims.LeaveCall(ctx, execKey(req), c)
 			continue
 		}
