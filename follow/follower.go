@@ -332,7 +332,12 @@ func (f *Follower) round(ctx context.Context) {
 			return
 		}
 		if !it.rec.Deadline.IsZero() && now.After(it.rec.Deadline) {
-			f.finishTimedOut(ctx, it, now)
+			// One last look first: a run that ended shortly before its
+			// deadline, between two observations, is reported as it ended,
+			// not as timed out.
+			if !f.checkOne(ctx, it, now) {
+				f.finishTimedOut(ctx, it, now)
+			}
 			continue
 		}
 		age := now.Sub(it.rec.AcceptedAt)
@@ -425,7 +430,10 @@ func (f *Follower) listRound(ctx context.Context, tasks []*item, now time.Time) 
 }
 
 // checkOne reads one execution's status directly.
-func (f *Follower) checkOne(ctx context.Context, it *item, now time.Time) {
+//
+// It reports whether the execution was seen to end (its result is then
+// published, or retried next round if publishing failed).
+func (f *Follower) checkOne(ctx context.Context, it *item, now time.Time) (ended bool) {
 	it.e.lastCheck = now
 	var (
 		status string
@@ -452,18 +460,20 @@ func (f *Follower) checkOne(ctx context.Context, it *item, now time.Time) {
 		}
 		if now.Sub(it.e.missingSince) >= f.cfg.StartupLag && now.Sub(it.rec.AcceptedAt) >= f.cfg.StartupLag {
 			f.finishNotFound(ctx, it, now)
+			return true
 		}
-		return
+		return false
 	case err != nil:
 		f.log.Debug("status read failed; retrying later", "requestId", it.rec.RequestID, "executionId", it.rec.ExecutionID, "error", err)
-		return
+		return false
 	}
 	it.e.missingSince = time.Time{}
 	if terminal(it.rec.Kind, status) {
 		f.finish(ctx, it, status, task, plan, now)
-		return
+		return true
 	}
 	f.observe(ctx, it, status)
+	return false
 }
 
 // observe publishes a status event when Talend's status changed.

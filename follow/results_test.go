@@ -408,3 +408,26 @@ func TestListingFailureRetriedOnSchedule(t *testing.T) {
 		t.Errorf("result %s ok=%v after listing recovered", res.Status, deref(res.OK))
 	}
 }
+
+// A run that ended shortly before its deadline, after the last
+// observation, is reported as it ended: one last status read comes before
+// a timed-out result.
+func TestRunEndingJustBeforeItsDeadlineIsNotTimedOut(t *testing.T) {
+	e := newEnv(t, talendsim.Options{DispatchFor: 50 * time.Millisecond, RunFor: 300 * time.Millisecond})
+	cfg := fastConfig("a")
+	// Observed once at the start, next not before 3 s: the run's end (at
+	// ~350 ms) falls between the first look and the deadline (1 s).
+	cfg.MinInterval, cfg.MaxInterval = 3*time.Second, 3*time.Second
+	r := e.start(cfg, nil, nil)
+	rec := e.runTask("ends-in-time", "quick")
+	rec.Deadline = rec.AcceptedAt.Add(time.Second)
+	track(t, r.f, rec)
+	res := e.waitResults(20*time.Second, rec.RequestID)[rec.RequestID]
+	if res.TimedOut == nil || *res.TimedOut || res.OK == nil || !*res.OK || res.Status != "execution_successful" {
+		t.Fatalf("result timedOut %v ok %v status %q, want the run's own end: false, true, execution_successful",
+			deref(res.TimedOut), deref(res.OK), res.Status)
+	}
+	if res.Time.Round(0).Before(rec.Deadline.Round(0)) {
+		t.Errorf("result at %v, before the deadline %v: the run's end was seen by a regular observation, so this test proves nothing", res.Time, rec.Deadline)
+	}
+}
