@@ -127,7 +127,9 @@ func TestStatusOfFinishedAndUnknownRequests(t *testing.T) {
 func TestCancelPublishes(t *testing.T) {
 	w := newWorkerEnv(t, 0)
 	// No worker: the cancellation must stay in TMC_RUNS for one to come.
-	if out, errOut, code := runCmd(t, w.env(), "provision"); code != 0 {
+	// Provisioning needs NATS only (the deployment's Job mounts no Talend
+	// credentials).
+	if out, errOut, code := runCmd(t, cleanEnv("NATS_URL="+w.srv.URL()), "provision"); code != 0 {
 		t.Fatalf("provision: exit %d\n%s%s", code, out, errOut)
 	}
 	sub, err := w.nc.SubscribeSync("tmc.runs.cancel.>")
