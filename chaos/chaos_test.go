@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tmc-runner/tmc-runner/internal/testenv"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talendsim"
 )
@@ -232,7 +233,7 @@ func newSuite(t *testing.T, nWorkers int) *suite {
 		f := newFront(i, s.sim, s.book)
 		t.Cleanup(f.srv.Close)
 		s.fronts = append(s.fronts, f)
-		s.workers = append(s.workers, &workerProc{idx: i, bin: runnerBin, logDir: dir, env: cleanEnv(
+		s.workers = append(s.workers, &workerProc{idx: i, bin: runnerBin, logDir: dir, env: testenv.Clean(
 			"NATS_URL="+s.nats.url(),
 			"TALEND_API_URL="+f.srv.URL,
 			"TALEND_CLIENT_ID=chaos-client",

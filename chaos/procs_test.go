@@ -245,16 +245,3 @@ func tail(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-// cleanEnv is the process environment without any tmc-runner setting.
-func cleanEnv(extra ...string) []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "NATS_") || strings.HasPrefix(k, "TALEND_") || strings.HasPrefix(k, "TMC_") || strings.HasPrefix(k, "OTEL_") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return append(out, extra...)
-}

@@ -301,9 +301,6 @@ func (s *Store) InCalls(ctx context.Context, execKey string, from, to time.Time)
 	}
 	lister, err := s.kv.ListKeysFiltered(ctx, filters...)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil, nil
-		}
 		return nil, fmt.Errorf("list calls: %w", err)
 	}
 	var out []InCall

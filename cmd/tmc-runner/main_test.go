@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tmc-runner/tmc-runner/internal/testenv"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/natsembed"
 	"github.com/tmc-runner/tmc-runner/talendsim"
@@ -46,20 +47,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// cleanEnv is the process environment without any tmc-runner setting, so a
-// test sees the defaults a newcomer gets.
-func cleanEnv(extra ...string) []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "NATS_") || strings.HasPrefix(k, "TALEND_") || strings.HasPrefix(k, "TMC_") || strings.HasPrefix(k, "OTEL_") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return append(out, extra...)
 }
 
 // process is a running tmc-runner with its output captured.
@@ -164,11 +151,11 @@ func TestDevAndSubmitDefaultsMeet(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	dev := start(t, cleanEnv(), "dev", "--dir", filepath.Join(dir, "dev"))
+	dev := start(t, testenv.Clean(), "dev", "--dir", filepath.Join(dir, "dev"))
 	dev.waitFor(t, 30*time.Second, "worker started")
 
 	submit := exec.Command(binary, "submit", "--executable", "any-task-id", "--wait", "--wait-timeout", "30s")
-	submit.Env = cleanEnv()
+	submit.Env = testenv.Clean()
 	out, err := submit.CombinedOutput()
 	if err != nil {
 		t.Fatalf("submit: %v\n%s\ndev output:\n%s", err, out, dev.output())
@@ -228,7 +215,7 @@ func TestSubmitExitCodes(t *testing.T) {
 // A worker started without the settings it needs exits 1 naming every
 // missing one in one message.
 func TestWorkerReportsAllConfigProblems(t *testing.T) {
-	p := start(t, cleanEnv("TMC_CONCURRENCY=0", "TMC_LOG_LEVEL=loud"), "worker")
+	p := start(t, testenv.Clean("TMC_CONCURRENCY=0", "TMC_LOG_LEVEL=loud"), "worker")
 	if code := p.wait(t, 30*time.Second); code != 1 {
 		t.Fatalf("exit %d, want 1", code)
 	}
@@ -238,7 +225,7 @@ func TestWorkerReportsAllConfigProblems(t *testing.T) {
 			t.Errorf("message lacks %s:\n%s", want, out)
 		}
 	}
-	p = start(t, cleanEnv(), "worker")
+	p = start(t, testenv.Clean(), "worker")
 	if code := p.wait(t, 30*time.Second); code != 1 {
 		t.Fatalf("exit %d, want 1", code)
 	}
@@ -288,7 +275,7 @@ func newWorkerEnvWith(t *testing.T, simOpts talendsim.Options) *workerEnv {
 }
 
 func (w *workerEnv) env(extra ...string) []string {
-	return cleanEnv(append([]string{
+	return testenv.Clean(append([]string{
 		"NATS_URL=" + w.srv.URL(),
 		"TALEND_API_URL=" + w.simURL,
 		"TALEND_CLIENT_ID=w-client",

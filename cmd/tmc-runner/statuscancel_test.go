@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tmc-runner/tmc-runner/internal/testenv"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talendsim"
 )
@@ -129,7 +130,7 @@ func TestCancelPublishes(t *testing.T) {
 	// No worker: the cancellation must stay in TMC_RUNS for one to come.
 	// Provisioning needs NATS only (the deployment's Job mounts no Talend
 	// credentials).
-	if out, errOut, code := runCmd(t, cleanEnv("NATS_URL="+w.srv.URL()), "provision"); code != 0 {
+	if out, errOut, code := runCmd(t, testenv.Clean("NATS_URL="+w.srv.URL()), "provision"); code != 0 {
 		t.Fatalf("provision: exit %d\n%s%s", code, out, errOut)
 	}
 	sub, err := w.nc.SubscribeSync("tmc.runs.cancel.>")
