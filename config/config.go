@@ -58,6 +58,7 @@ type Talend struct {
 // Worker tunes the worker and names its JetStream resources.
 type Worker struct {
 	Concurrency        int           `env:"TMC_CONCURRENCY" envDefault:"64"`
+	Prefetch           *int          `env:"TMC_PREFETCH"` // unset: a quarter of Concurrency
 	AdminAddr          string        `env:"TMC_ADMIN_ADDR" envDefault:":9090"`
 	EventSource        string        `env:"TMC_EVENT_SOURCE" envDefault:"tmc-runner"`
 	Provision          bool          `env:"TMC_PROVISION" envDefault:"true"`
@@ -147,6 +148,9 @@ func (c Config) problems() []string {
 	w := c.Worker
 	if w.Concurrency < 1 || w.Concurrency > 10000 {
 		p = append(p, fmt.Sprintf("TMC_CONCURRENCY=%d: must be between 1 and 10000", w.Concurrency))
+	}
+	if w.Prefetch != nil && (*w.Prefetch < 0 || *w.Prefetch > 10000) {
+		p = append(p, fmt.Sprintf("TMC_PREFETCH=%d: must be between 0 and 10000 (unset: a quarter of TMC_CONCURRENCY)", *w.Prefetch))
 	}
 	if w.MaxAttempts < 1 {
 		p = append(p, "TMC_MAX_ATTEMPTS: must be at least 1")

@@ -80,3 +80,25 @@ func TestRegionAndCredentialsFiles(t *testing.T) {
 		t.Errorf("rotated secret not re-read: %q", c.Secret)
 	}
 }
+
+func TestPrefetch(t *testing.T) {
+	base := map[string]string{"TALEND_REGION": "eu", "TALEND_CLIENT_ID": "id", "TALEND_CLIENT_SECRET": "s"}
+	with := func(v string) map[string]string {
+		m := map[string]string{"TMC_PREFETCH": v}
+		for k, x := range base {
+			m[k] = x
+		}
+		return m
+	}
+	cfg, err := Load(base)
+	if err != nil || cfg.Worker.Prefetch != nil {
+		t.Fatalf("unset: %v, %v; want nil (the worker's default)", cfg.Worker.Prefetch, err)
+	}
+	cfg, err = Load(with("0"))
+	if err != nil || cfg.Worker.Prefetch == nil || *cfg.Worker.Prefetch != 0 {
+		t.Fatalf("0: %v, %v", cfg.Worker.Prefetch, err)
+	}
+	if _, err := Load(with("-1")); err == nil || !strings.Contains(err.Error(), "TMC_PREFETCH=-1") {
+		t.Fatalf("-1: %v, want a TMC_PREFETCH problem", err)
+	}
+}

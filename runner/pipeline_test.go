@@ -473,9 +473,47 @@ func TestPipelineSlowCallKeepsMessage(t *testing.T) {
 	if c := h.sim.Stats().Executions["t-slow"]; c != 1 {
 		t.Errorf("%d executions, want 1", c)
 	}
-	if info := h.consumerInfo(); info.NumRedelivered != 0 {
-		t.Errorf("%d redeliveries: in-progress signals did not keep the message", info.NumRedelivered)
+	if info := h.consumerInfo(); info.Delivered.Consumer != 1 {
+		t.Errorf("%d deliveries: in-progress signals did not keep the message", info.Delivered.Consumer)
 	}
+}
+
+// The worker holds at most Concurrency + Prefetch messages: the prefetched
+// ones wait for a handler, kept alive by in-progress signals while they
+// wait longer than the ack wait, and none is delivered twice.
+func TestPipelinePrefetchIsBoundedAndKeptAlive(t *testing.T) {
+	h := newHarness(t, func(_ *harness, o *talendsim.Options) { o.Latency = 2500 * time.Millisecond })
+	prefetch := 2
+	h.start(func(c *config.Config) {
+		c.Worker.AckWait = time.Second
+		c.Worker.Concurrency = 1
+		c.Worker.Prefetch = &prefetch
+		c.Talend.Timeout = 10 * time.Second
+	})
+	all := ids("prefetch", 6)
+	for _, id := range all {
+		h.request(id, "t-"+id, nil)
+	}
+	h.eventually(5*time.Second, "three messages held", func() bool { return h.consumerInfo().NumAckPending == 3 })
+	for range 10 {
+		if n := h.consumerInfo().NumAckPending; n > 3 {
+			t.Fatalf("%d messages held, want at most concurrency 1 + prefetch 2", n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	evs := h.waitTerminal(30*time.Second, all...)
+	for _, id := range all {
+		if got := evs[id]; len(got) != 1 || got[0].Type != messages.Accepted || got[0].Attempt != 1 {
+			t.Errorf("%s: %v, want one accepted on the first delivery", id, typesOf(got))
+		}
+		if c := h.sim.Stats().Executions["t-"+id]; c != 1 {
+			t.Errorf("%s: %d executions", id, c)
+		}
+	}
+	if info := h.consumerInfo(); info.Delivered.Consumer != uint64(len(all)) {
+		t.Errorf("%d deliveries of %d requests: a prefetched message was not kept alive while it waited", info.Delivered.Consumer, len(all))
+	}
+	h.assertDrained()
 }
 
 // A request-specific failure that retries may fix (here a 409) is counted

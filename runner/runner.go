@@ -295,6 +295,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		CallTimeout:             cfg.Talend.Timeout,
 		FleetUserID:             cfg.Talend.ServiceUserID,
 		Concurrency:             cfg.Worker.Concurrency,
+		Prefetch:                prefetch(cfg.Worker.Prefetch),
 		AckWait:                 requests.CachedInfo().Config.AckWait,
 		ShutdownGrace:           cfg.Worker.ShutdownGrace,
 		MaxAttempts:             cfg.Worker.MaxAttempts,
@@ -442,4 +443,16 @@ func (r *Runner) listenAdmin() error {
 	r.adminLn = ln
 	r.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return nil
+}
+
+// prefetch maps TMC_PREFETCH (unset: the worker's default; 0: none) to
+// worker.Config.Prefetch (0: default; negative: none).
+func prefetch(p *int) int {
+	switch {
+	case p == nil:
+		return 0
+	case *p == 0:
+		return -1
+	}
+	return *p
 }

@@ -33,9 +33,10 @@ const timerTolerance = 2 * time.Second
 // handle processes one message and applies the decision, in a consumer
 // span that continues the publisher's trace. A panic naks the message and
 // the worker goes on.
-func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
-	stop := w.keepAlive(msg)
-	defer stop()
+//
+// stopAlive ends the message's in-progress signals (see keepAlive).
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, stopAlive func()) {
+	defer stopAlive()
 	ctx, span := w.startProcessSpan(ctx, msg)
 	defer span.End()
 	defer func() {
@@ -47,7 +48,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 	}()
 	d := w.process(ctx, msg)
-	stop()
+	stopAlive()
 	w.endProcessSpan(span, d)
 	w.apply(ctx, msg, d)
 }

@@ -74,6 +74,9 @@ type Config struct {
 	BackoffMin    time.Duration // first nak delay (default 1s)
 	BackoffMax    time.Duration // largest nak delay (default 5m)
 	FetchWait     time.Duration // longest wait of one pull (default 1s)
+	// Prefetch is how many fetched messages may wait for a handler
+	// (default Concurrency/4, at least 1; negative: none).
+	Prefetch int
 	// AwaitResult is what a request without awaitResult gets: follow its
 	// execution to a result event (true) or end at accepted (false).
 	AwaitResult bool
@@ -275,17 +278,54 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// fetched is a message the fetch loop holds for a handler; its in-progress
+// signals run from the moment it is fetched, not only once a handler takes
+// it.
+type fetched struct {
+	msg       jetstream.Msg
+	stopAlive func()
+}
+
 // handleEach handles messages from work until it is closed, freeing a
-// slot after each.
-func (w *Worker) handleEach(ctx context.Context, work <-chan jetstream.Msg, slots <-chan struct{}) {
-	for msg := range work {
-		w.handle(ctx, msg)
+// slot after each. Once stopping is done (shutdown began), messages still
+// waiting are given back at once rather than started.
+func (w *Worker) handleEach(stopping, ctx context.Context, work <-chan fetched, slots <-chan struct{}, idle *atomic.Int32) {
+	for {
+		idle.Add(1)
+		f, ok := <-work
+		idle.Add(-1)
+		if !ok {
+			return
+		}
+		if stopping.Err() != nil {
+			f.stopAlive()
+			_ = f.msg.Nak()
+		} else {
+			w.handle(ctx, f.msg, f.stopAlive)
+		}
 		w.metrics.inflight.Add(context.Background(), -1)
 		<-slots
 	}
 }
 
-// fetchLoop pulls at most as many messages as there are free slots.
+// prefetch is how many messages the worker may hold beyond those being
+// handled: a handler that finishes takes the next message at once instead
+// of waiting a pull's round trip for it.
+func (w *Worker) prefetch() int {
+	switch {
+	case w.cfg.Prefetch < 0:
+		return 0
+	case w.cfg.Prefetch > 0:
+		return w.cfg.Prefetch
+	}
+	return max(1, w.cfg.Concurrency/4)
+}
+
+// fetchLoop pulls at most as many messages as there are free slots:
+// Concurrency being handled plus Prefetch waiting for a handler. The next
+// pull goes out while the handlers still have messages waiting, so a
+// pull's round trip does not leave slots idle; what waits is bounded, and
+// keeps its message alive with in-progress signals.
 //
 // Messages go to a pool of long-lived handler goroutines (at most
 // Concurrency, started as needed) rather than a goroutine each: a handler's
@@ -293,9 +333,11 @@ func (w *Worker) handleEach(ctx context.Context, work <-chan jetstream.Msg, slot
 // writes need, instead of growing again for every message. The pool ends
 // when the loop returns and the handlers finish what they hold.
 func (w *Worker) fetchLoop(ctx, workCtx context.Context) {
-	slots := make(chan struct{}, w.cfg.Concurrency)
-	work := make(chan jetstream.Msg)
+	prefetch := w.prefetch()
+	slots := make(chan struct{}, w.cfg.Concurrency+prefetch)
+	work := make(chan fetched, prefetch)
 	defer close(work)
+	var idle atomic.Int32
 	handlers := 0
 	for ctx.Err() == nil {
 		if reason := w.pauseReason(); reason != "" {
@@ -343,15 +385,13 @@ func (w *Worker) fetchLoop(ctx, workCtx context.Context) {
 				continue
 			}
 			w.metrics.inflight.Add(ctx, 1)
-			select {
-			case work <- msg:
-			default:
-				if handlers < w.cfg.Concurrency {
-					handlers++
-					w.handlers.Go(func() { w.handleEach(workCtx, work, slots) })
-				}
-				work <- msg
+			if handlers < w.cfg.Concurrency && idle.Load() == 0 {
+				handlers++
+				w.handlers.Go(func() { w.handleEach(ctx, workCtx, work, slots, &idle) })
 			}
+			// Never blocks for long: a slot was free for this message, so a
+			// handler or a place in the buffer is.
+			work <- fetched{msg: msg, stopAlive: w.keepAlive(msg)}
 		}
 		releaseSlots(slots, n-got)
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {

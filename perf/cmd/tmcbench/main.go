@@ -187,6 +187,10 @@ func specs() []Spec {
 	add(0, 256, Spec{Tracing: "unsampled"}, Spec{Tracing: "sampled"})
 	add(100, 128, Spec{Tracing: "unsampled"})
 	add(100, 512, Spec{Tracing: "unsampled"}, Spec{Tracing: "sampled"})
+	out = append(out,
+		Spec{Name: "base-100ms-c512-inproc", Pipeline: "baseline", LatencyMS: 100, Concurrency: 512, InProcess: true},
+		Spec{Name: "worker-100ms-c512-unsampled-inproc", Pipeline: "worker", LatencyMS: 100, Concurrency: 512, Tracing: "unsampled", InProcess: true},
+		Spec{Name: "worker-100ms-c512-sampled-inproc", Pipeline: "worker", LatencyMS: 100, Concurrency: 512, Tracing: "sampled", InProcess: true})
 	return out
 }
 
