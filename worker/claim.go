@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -209,13 +210,21 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	}
 	// A run exists. It is this request's only if no other request may have
 	// started a run of the same executable meanwhile.
-	rivals, wait, err := w.rivals(ctx, req, from, to)
+	rivals, owned, wait, err := w.rivals(ctx, req, from, to)
 	if err != nil {
 		return w.retry(ctx, base, err)
 	}
 	if wait {
 		base.act, base.outcome, base.delay = actNak, outClaimed, w.cfg.ClaimStale/2
 		return base
+	}
+	// Executions other requests were found to own meanwhile (a record
+	// written since the first listing, or an accepted event whose record
+	// write was lost) are not this request's.
+	candidates = slices.DeleteFunc(candidates, func(id string) bool { return owned[id] })
+	if len(candidates) == 0 {
+		base.reason = "reconciled: not started"
+		return w.startClaimed(ctx, req, orig, base, &heldClaim{claim: claim}, true)
 	}
 	if len(candidates) == 1 && rivals == 0 {
 		base.reason = "reconciled: adopted"
@@ -288,19 +297,23 @@ func (w *Worker) candidates(ctx context.Context, req *messages.Request, calls []
 // answers never came, or they ended `unknown`): with such a rival, a run
 // found in the window cannot be attributed. A rival still being worked on
 // makes us wait (wait true): it will record its run. Records of rivals
-// that ended accepted (their run is owned) or failed (nothing started)
-// are cleared; records naming their execution need no reading at all.
-// The records are listed afresh: rivals are read after Talend's lists, and
-// a rival may have recorded its run meanwhile.
-func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to time.Time) (n int, wait bool, err error) {
+// that failed (nothing started) are cleared; records naming their
+// execution need no reading at all. The records are listed afresh: rivals
+// are read after Talend's lists, and a rival may have recorded its run
+// meanwhile. owned holds the executions other requests own: named in
+// their records, or in their accepted events (the event and the record
+// are written at the same time, so the event may be all there is).
+func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to time.Time) (n int, owned map[string]bool, wait bool, err error) {
 	calls, err := w.callsAround(ctx, req, from, to)
 	if err != nil {
-		return 0, false, err
+		return 0, nil, false, err
 	}
 	owning := make(map[string]bool)
+	owned = make(map[string]bool)
 	for _, c := range calls {
-		if c.ExecutionID != "" {
+		if c.ExecutionID != "" && c.RequestID != req.RequestID {
 			owning[c.RequestID] = true
+			owned[c.ExecutionID] = true
 		}
 	}
 	now := w.now()
@@ -314,24 +327,26 @@ func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to tim
 		seen[c.RequestID] = true
 		claim, err := w.deps.Claims.Get(ctx, c.RequestID)
 		if err != nil {
-			return 0, false, err
+			return 0, nil, false, err
 		}
 		if claim != nil && claim.State == claims.Starting && now.Sub(claim.HeartbeatTime()) < w.cfg.ClaimStale {
-			return 0, true, nil
+			return 0, nil, true, nil
 		}
 		accepted, err := w.deps.Events.FindEvent(ctx, c.Route, c.RequestID, messages.Accepted)
 		if err != nil {
-			return 0, false, err
+			return 0, nil, false, err
 		}
 		if accepted != nil {
-			// It owns its run (the owner is written before the event, in
-			// this record or a later one of the same request): no rival, and
-			// its record stays.
+			// It owns its run, named in the event: no rival, and its record
+			// stays.
+			if accepted.ExecutionID != "" {
+				owned[accepted.ExecutionID] = true
+			}
 			continue
 		}
 		failed, err := w.deps.Events.FindEvent(ctx, c.Route, c.RequestID, messages.Failed)
 		if err != nil {
-			return 0, false, err
+			return 0, nil, false, err
 		}
 		if failed != nil || claim == nil {
 			// Nothing started: clear the record, unless it changed since it
@@ -341,23 +356,22 @@ func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to tim
 		}
 		n++
 	}
-	return n, false, nil
+	return n, owned, false, nil
 }
 
 // adopt takes an execution found by reconciliation as this request's run.
 func (w *Worker) adopt(ctx context.Context, req *messages.Request, base decision, claim *claims.Claim, executionID string) decision {
 	rec := inCall(req, claim)
 	rec.ExecutionID = executionID
-	if err := w.deps.Claims.Own(ctx, execKey(req), rec); err != nil {
-		return w.retry(ctx, base, err)
-	}
 	slot := ""
 	if w.deps.Slots != nil {
 		// An adopted run counts toward the cap like any other; if the cap
 		// is full it still runs (it exists): it is followed without a slot.
 		slot, _ = w.deps.Slots.Acquire(ctx, req.RequestID)
 	}
-	return w.accepted(ctx, req, base, executionID, slot)
+	return w.accepted(ctx, req, base, executionID, slot, func(ctx context.Context) error {
+		return w.deps.Claims.Own(ctx, execKey(req), rec)
+	})
 }
 
 // unknown ends a request whose run may have started but cannot be told.

@@ -634,3 +634,36 @@ func TestReconcileDoesNotStartAnExpiredRequest(t *testing.T) {
 		t.Fatalf("%d executions of an expired request", n)
 	}
 }
+
+// A rival whose accepted event names the run while its call record names
+// nothing (the two are written at the same time, and the record's write
+// was lost in a crash): the run is the rival's. The request whose call was
+// lost started nothing, so it starts its run now instead of adopting it.
+func TestReconcileRivalEventNamesItsRun(t *testing.T) {
+	e := newSimEnv(t, talendsim.Options{}, nil)
+	from := time.Now().Add(-100 * time.Millisecond)
+	run := e.startRun(t)
+	ek := claims.ExecutableKey("task", task)
+	e.crashClaim(t, "dead", "evented", claims.Uncertain, from, time.Now())
+	if err := e.store().EnterCall(context.Background(), ek, claims.InCall{RequestID: "evented", Route: "default", CallFrom: from.UnixMilli()}); err != nil {
+		t.Fatal(err)
+	}
+	ev := messages.NewEvent(messages.Accepted, &messages.Request{RequestID: "evented", Route: "default", Executable: task, Kind: messages.KindTask}, 1, time.Now())
+	ev.ExecutionID = run
+	if err := e.w.deps.Events.Event(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	e.crashClaim(t, "dead", "lost", claims.Uncertain, from, time.Now())
+	e.run(t)
+	e.publish(t, "lost", task)
+	got := e.waitEvent(t, "lost", messages.Accepted)
+	e.idle(t)
+	if got.ExecutionID == run {
+		t.Fatalf("adopted %s, which the rival's accepted event names", run)
+	}
+	if n := e.executions(); n != 2 {
+		t.Fatalf("%d executions, want 2 (the rival's and a new one)", n)
+	}
+	e.wantOwner(t, got.ExecutionID, "lost")
+	e.noEvents(t, "lost", messages.Unknown)
+}
