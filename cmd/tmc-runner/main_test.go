@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -369,5 +370,37 @@ func TestWorkerSIGTERMLosesNothing(t *testing.T) {
 	}
 	if w.sim.Stats().ExecutionsTotal != n {
 		t.Errorf("%d executions for %d requests", w.sim.Stats().ExecutionsTotal, n)
+	}
+}
+
+// A worker that starts while NATS is away (a server restarting, a pod
+// scheduled first) waits for it instead of exiting.
+func TestWorkerWaitsForNATSAtStart(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	sim := talendsim.New(talendsim.Options{Clients: map[string]string{"w-client": "w-secret"}})
+	hs := httptest.NewServer(sim)
+	t.Cleanup(hs.Close)
+	p := start(t, testenv.Clean(
+		"NATS_URL=nats://127.0.0.1:"+strconv.Itoa(port),
+		"TALEND_API_URL="+hs.URL, "TALEND_CLIENT_ID=w-client", "TALEND_CLIENT_SECRET=w-secret",
+		"TMC_ADMIN_ADDR=127.0.0.1:0",
+	), "worker")
+	p.waitFor(t, 10*time.Second, "NATS not reachable yet")
+	srv, err := natsembed.Start(natsembed.Options{Port: port, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	p.waitFor(t, 30*time.Second, "worker started")
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("worker exited %d:\n%s", code, p.output())
 	}
 }

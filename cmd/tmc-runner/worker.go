@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -38,7 +40,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer flush()
-	nc, err := connect(cfg.NATS, "tmc-runner worker")
+	nc, err := connectWaiting(ctx, cfg.NATS, "tmc-runner worker", log, startWait)
 	if err != nil {
 		return err
 	}
@@ -65,6 +67,29 @@ func connect(n config.NATS, name string) (*nats.Conn, error) {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// startWait is how long a starting worker waits for NATS to be reachable:
+// a server restarting (or a pod starting before it) is not a reason to
+// exit, a server that stays away is.
+const startWait = 30 * time.Second
+
+// connectWaiting is connect, tried again while no server is reachable, for
+// at most wait (or until ctx ends).
+func connectWaiting(ctx context.Context, n config.NATS, name string, log *slog.Logger, wait time.Duration) (*nats.Conn, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		nc, err := connect(n, name)
+		if err == nil || !errors.Is(err, nats.ErrNoServers) || time.Now().After(deadline) {
+			return nc, err
+		}
+		log.Warn("NATS not reachable yet, trying again", "error", err, "until", deadline.Format(time.RFC3339))
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // drain flushes what the connection still has to send, then closes it.
