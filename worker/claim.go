@@ -219,8 +219,8 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 		return base
 	}
 	// Executions other requests were found to own meanwhile (a record
-	// written since the first listing, or an accepted event whose record
-	// write was lost) are not this request's.
+	// written since the first listing, or named by an accepted event) are
+	// not this request's.
 	candidates = slices.DeleteFunc(candidates, func(id string) bool { return owned[id] })
 	if len(candidates) == 0 {
 		base.reason = "reconciled: not started"
@@ -301,8 +301,9 @@ func (w *Worker) candidates(ctx context.Context, req *messages.Request, calls []
 // execution need no reading at all. The records are listed afresh: rivals
 // are read after Talend's lists, and a rival may have recorded its run
 // meanwhile. owned holds the executions other requests own: named in
-// their records, or in their accepted events (the event and the record
-// are written at the same time, so the event may be all there is).
+// their records, or in their accepted events (the record is written before
+// the event, but the event is the record of last resort: it is what the
+// request told the world).
 func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to time.Time) (n int, owned map[string]bool, wait bool, err error) {
 	calls, err := w.callsAround(ctx, req, from, to)
 	if err != nil {
@@ -363,15 +364,16 @@ func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to tim
 func (w *Worker) adopt(ctx context.Context, req *messages.Request, base decision, claim *claims.Claim, executionID string) decision {
 	rec := inCall(req, claim)
 	rec.ExecutionID = executionID
+	if err := w.deps.Claims.Own(ctx, execKey(req), rec); err != nil {
+		return w.retry(ctx, base, err)
+	}
 	slot := ""
 	if w.deps.Slots != nil {
 		// An adopted run counts toward the cap like any other; if the cap
 		// is full it still runs (it exists): it is followed without a slot.
 		slot, _ = w.deps.Slots.Acquire(ctx, req.RequestID)
 	}
-	return w.accepted(ctx, req, base, executionID, slot, func(ctx context.Context) error {
-		return w.deps.Claims.Own(ctx, execKey(req), rec)
-	})
+	return w.accepted(ctx, req, base, executionID, slot)
 }
 
 // unknown ends a request whose run may have started but cannot be told.

@@ -263,15 +263,15 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 		}
 		return w.afterError(ctx, req, orig, base, err)
 	}
-	// The owner goes into the call's record, written beside the accepted
-	// event: either one names this request's execution to reconciliation
-	// (a rival's accepted event is read when its record names nothing),
-	// and a crash before the event lets the next delivery adopt the run at
-	// once from the record.
+	// Record the owner first, in the call's record: reconciliation must
+	// never give this execution to another request, and a crash before the
+	// accepted event lets the next delivery adopt it at once.
 	call.ExecutionID = executionID
-	return w.accepted(ctx, req, base, executionID, slot, func(ctx context.Context) error {
-		return w.deps.Claims.Own(ctx, execKey(req), call)
-	})
+	if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Claims.Own(ctx, execKey(req), call) }); err != nil {
+		base.act, base.outcome, base.err = actNak, outShutdown, "execution owner not recorded: "+err.Error()
+		return base
+	}
+	return w.accepted(ctx, req, base, executionID, slot)
 }
 
 func (w *Worker) releaseSlot(ctx context.Context, slot string) {
@@ -289,10 +289,9 @@ func (w *Worker) releaseClaim(ctx context.Context, c *claims.Claim) {
 	}
 }
 
-// accepted publishes the accepted event, registers the follow-up and
-// records the execution's owner, all at once; the request is acked only
-// once all three are stored.
-func (w *Worker) accepted(ctx context.Context, req *messages.Request, base decision, executionID, slot string, own func(context.Context) error) decision {
+// accepted publishes the accepted event and registers the follow-up; the
+// request is acked only once both are stored.
+func (w *Worker) accepted(ctx context.Context, req *messages.Request, base decision, executionID, slot string) decision {
 	base.executionID = executionID
 	acceptedAt := w.now()
 	ev := messages.NewEvent(messages.Accepted, req, base.attempt, acceptedAt)
@@ -305,45 +304,20 @@ func (w *Worker) accepted(ctx context.Context, req *messages.Request, base decis
 	// The run has started: its event (and its follow-up) must be stored
 	// before the ack, and a nak now would start it a second time, so keep
 	// trying while the message is kept alive.
-	writes := []write{
-		{"execution owner not recorded", own},
-		{"accepted event not stored", func(ctx context.Context) error { return w.deps.Events.Event(ctx, ev) }},
+	if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Events.Event(ctx, ev) }); err != nil {
+		base.act, base.outcome, base.err = actNak, outShutdown, "accepted event not stored: "+err.Error()
+		return base
 	}
 	if track {
 		rec := w.followRecord(req, base.attempt, executionID, acceptedAt)
 		rec.Silent, rec.Slot = !followed, slot
-		writes = append(writes, write{"follow-up not registered", func(ctx context.Context) error { return w.deps.Follower.Track(ctx, rec) }})
-	}
-	if err := w.persistAll(ctx, writes); err != nil {
-		base.act, base.outcome, base.err = actNak, outShutdown, err.Error()
-		return base
+		if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Follower.Track(ctx, rec) }); err != nil {
+			base.act, base.outcome, base.err = actNak, outShutdown, "follow-up not registered: "+err.Error()
+			return base
+		}
 	}
 	base.act, base.outcome = actAck, outAccepted
 	return base
-}
-
-// write is one write of persistAll, and what its failure means.
-type write struct {
-	failure string
-	do      func(context.Context) error
-}
-
-// persistAll persists independent writes concurrently (one round trip's
-// wait instead of one each) and reports the first that could not be stored.
-func (w *Worker) persistAll(ctx context.Context, writes []write) error {
-	errs := make([]error, len(writes))
-	var wg sync.WaitGroup
-	for i, wr := range writes[1:] {
-		wg.Go(func() { errs[i+1] = w.persist(ctx, wr.do) })
-	}
-	errs[0] = w.persist(ctx, writes[0].do)
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			return fmt.Errorf("%s: %w", writes[i].failure, err)
-		}
-	}
-	return nil
 }
 
 // followed says whether the request's execution is followed to a result.

@@ -636,9 +636,10 @@ func TestReconcileDoesNotStartAnExpiredRequest(t *testing.T) {
 }
 
 // A rival whose accepted event names the run while its call record names
-// nothing (the two are written at the same time, and the record's write
-// was lost in a crash): the run is the rival's. The request whose call was
-// lost started nothing, so it starts its run now instead of adopting it.
+// nothing (the record is written first, so only a record lost or restored
+// from an older copy of the bucket looks like this): the event is enough,
+// the run is the rival's. The request whose call was lost started nothing,
+// so it starts its run now instead of adopting it.
 func TestReconcileRivalEventNamesItsRun(t *testing.T) {
 	e := newSimEnv(t, talendsim.Options{}, nil)
 	from := time.Now().Add(-100 * time.Millisecond)
