@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tmc-runner/tmc-runner/internal/jswrite"
 	"github.com/tmc-runner/tmc-runner/internal/testnats"
 	"github.com/tmc-runner/tmc-runner/messages"
 )
@@ -63,6 +64,11 @@ func TestProvisionNamesEveryDifference(t *testing.T) {
 }
 
 func TestEventWrittenOncePerType(t *testing.T) {
+	t.Run("library publish", func(t *testing.T) { testEventWrittenOncePerType(t, false) })
+	t.Run("jswrite", func(t *testing.T) { testEventWrittenOncePerType(t, true) })
+}
+
+func testEventWrittenOncePerType(t *testing.T, writer bool) {
 	js := newJS(t)
 	ctx := context.Background()
 	// A short de-duplication window, so the second write below reaches the
@@ -73,6 +79,9 @@ func TestEventWrittenOncePerType(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := NewPublisher(js, topo, "test", nil, nil)
+	if writer {
+		p.UseWriter(jswrite.New(js.Conn(), 2*time.Second))
+	}
 	req := &messages.Request{RequestID: "r1", Route: "default", Executable: "x", Kind: messages.KindTask}
 	now := time.Now()
 	first := messages.NewEvent(messages.Accepted, req, 1, now)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/claims"
+	"github.com/tmc-runner/tmc-runner/internal/jswrite"
 	"github.com/tmc-runner/tmc-runner/internal/testnats"
 )
 
@@ -469,5 +470,49 @@ func TestClaimOutlivesItsHolder(t *testing.T) {
 	}
 	if age := time.Since(got.HeartbeatTime()); age < time.Second {
 		t.Fatalf("heartbeat age %s: somebody kept beating", age)
+	}
+}
+
+// The workers' stores write claims and call records through a jswrite
+// Writer: the same outcomes as the bucket's own calls, including a claim
+// created again over the delete marker of a released one.
+func TestStoreThroughWriter(t *testing.T) {
+	b := newBucket(t)
+	ctx := context.Background()
+	clk := newClock()
+	w := jswrite.New(b.js.Conn(), 2*time.Second)
+	a := claims.NewStore(b.kv, "replica-a", clk.now)
+	a.UseWriter(w)
+	other := claims.NewStore(b.kv, "replica-b", clk.now)
+	other.UseWriter(w)
+
+	c, acquired, err := a.Acquire(ctx, "req-w", "task", "task")
+	if err != nil || !acquired {
+		t.Fatalf("first Acquire: %v, %v", acquired, err)
+	}
+	got, acquired, err := other.Acquire(ctx, "req-w", "task", "task")
+	if err != nil || acquired || got.Holder != "replica-a" || got.Revision != c.Revision {
+		t.Fatalf("second Acquire: %+v, acquired %v, %v; want replica-a's claim", got, acquired, err)
+	}
+	if err := a.Release(ctx, &c); err != nil {
+		t.Fatal(err)
+	}
+	again, acquired, err := other.Acquire(ctx, "req-w", "task", "task")
+	if err != nil || !acquired || again.Holder != "replica-b" {
+		t.Fatalf("Acquire after a release: %+v, acquired %v, %v", again, acquired, err)
+	}
+
+	ek := claims.ExecutableKey("task", "task")
+	call := claims.InCall{RequestID: "req-w", Route: "default", CallFrom: clk.now().UnixMilli()}
+	if err := a.EnterCall(ctx, ek, call); err != nil {
+		t.Fatal(err)
+	}
+	call.ExecutionID = "exec-1"
+	if err := a.Own(ctx, ek, call); err != nil {
+		t.Fatal(err)
+	}
+	calls, err := a.InCalls(ctx, ek, clk.now().Add(-time.Minute), clk.now())
+	if err != nil || len(calls) != 1 || calls[0].ExecutionID != "exec-1" {
+		t.Fatalf("InCalls after EnterCall and Own: %+v, %v", calls, err)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/tmc-runner/tmc-runner/claims"
 	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/follow"
+	"github.com/tmc-runner/tmc-runner/internal/jswrite"
 	"github.com/tmc-runner/tmc-runner/limits"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
@@ -263,7 +264,11 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The writes every request makes (claim, call record, accepted event)
+	// take the lighter path; see internal/jswrite.
+	writer := jswrite.New(opts.Conn, 5*time.Second)
 	publisher := broker.NewPublisher(js, topo, cfg.Worker.EventSource, tp, mp)
+	publisher.UseWriter(writer)
 	fcfg := follow.Config{
 		MinInterval:    cfg.Worker.FollowMinInterval,
 		MaxInterval:    cfg.Worker.FollowMaxInterval,
@@ -314,6 +319,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		opts.Tune(&wcfg)
 	}
 	r.claims = claims.NewStore(kv, holder, nil)
+	r.claims.UseWriter(writer)
 	r.worker, err = worker.New(wcfg, worker.Deps{
 		Talend:           r.client,
 		Events:           publisher,
