@@ -56,9 +56,12 @@ func (t handlerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		r.Body = http.NoBody
 	}
 	t.h.ServeHTTP(rec, r)
+	if err := r.Context().Err(); err != nil {
+		return nil, err // a RoundTripper returns a response or an error
+	}
 	resp := rec.Result()
 	resp.Request = r
-	return resp, r.Context().Err()
+	return resp, nil
 }
 
 // Baseline topology: its own streams, so it shares nothing with the worker's.
