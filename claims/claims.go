@@ -78,8 +78,9 @@ type Store struct {
 
 // UseWriter makes the writes of every request (the claim, the call record
 // and its rewrite) go through w instead of the bucket's own Create and
-// Put, which cost about twice the CPU. Anything unusual falls back to the
-// bucket's own calls.
+// Put (37 instead of 44.5 µs and 25 instead of 39 allocations per put in
+// jswrite's benchmark). Anything unusual falls back to the bucket's own
+// calls.
 func (s *Store) UseWriter(w *jswrite.Writer) { s.w = w }
 
 // create is the bucket's Create, through the writer when there is one. A

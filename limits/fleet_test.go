@@ -106,6 +106,15 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// member joins the fleet in kv as holder with a budget of perMinute and
+// runs until ctx ends (wg waits for it).
+func member(ctx context.Context, wg *sync.WaitGroup, kv jetstream.KeyValue, holder string, perMinute float64) *Fleet {
+	f := New(kv, Options{Holder: holder, PerMinute: perMinute, Heartbeat: 100 * time.Millisecond})
+	wg.Go(func() { _ = f.Run(ctx) })
+	<-f.Ready()
+	return f
+}
+
 // waiters calls Wait from n goroutines until ctx ends and records when
 // each call was admitted.
 func waiters(ctx context.Context, f *Fleet, n int) (admitted func(from, to time.Time) int, wait func()) {
@@ -145,18 +154,14 @@ func TestShareCutAppliesToWaitingCalls(t *testing.T) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	a := New(kv, Options{Holder: "a", PerMinute: 1200, Heartbeat: 100 * time.Millisecond}) // 20/s alone
-	wg.Go(func() { _ = a.Run(ctx) })
-	<-a.Ready()
+	a := member(ctx, &wg, kv, "a", 1200) // 20/s alone
 	admitted, stop := waiters(ctx, a, 64)
 	defer func() { cancel(); stop() }()
 	time.Sleep(time.Second) // 64 callers queued behind a 20/s budget
 
 	// Three more replicas join: a's share drops to 5/s.
 	for _, name := range []string{"b", "c", "d"} {
-		f := New(kv, Options{Holder: name, PerMinute: 1200, Heartbeat: 100 * time.Millisecond})
-		wg.Go(func() { _ = f.Run(ctx) })
-		<-f.Ready()
+		member(ctx, &wg, kv, name, 1200)
 	}
 	waitUntil(t, "a sees 4 members", func() bool { return a.Members() == 4 })
 	from := time.Now()
@@ -178,9 +183,7 @@ func TestPauseHoldsWaitingCalls(t *testing.T) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	f := New(kv, Options{Holder: "a", PerMinute: 600, Heartbeat: 100 * time.Millisecond}) // 10/s
-	wg.Go(func() { _ = f.Run(ctx) })
-	<-f.Ready()
+	f := member(ctx, &wg, kv, "a", 600) // 10/s
 	admitted, stop := waiters(ctx, f, 32)
 	defer func() { cancel(); stop() }()
 	time.Sleep(500 * time.Millisecond)

@@ -218,8 +218,9 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 	// Recorded before the call: if this worker dies during it, the request
 	// reconciling another lost call on the same executable must know this
 	// one may have started a run too.
+	ek := execKey(req)
 	call := inCall(req, &held.claim)
-	if err := w.deps.Claims.EnterCall(ctx, execKey(req), call); err != nil {
+	if err := w.deps.Claims.EnterCall(ctx, ek, call); err != nil {
 		w.releaseSlot(context.WithoutCancel(ctx), slot)
 		w.releaseClaim(context.WithoutCancel(ctx), &held.claim)
 		return w.retry(ctx, base, err)
@@ -267,7 +268,7 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 	// never give this execution to another request, and a crash before the
 	// accepted event lets the next delivery adopt it at once.
 	call.ExecutionID = executionID
-	if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Claims.Own(ctx, execKey(req), call) }); err != nil {
+	if err := w.persist(ctx, func(ctx context.Context) error { return w.deps.Claims.Own(ctx, ek, call) }); err != nil {
 		base.act, base.outcome, base.err = actNak, outShutdown, "execution owner not recorded: "+err.Error()
 		return base
 	}

@@ -374,7 +374,8 @@ func TestWorkerSIGTERMLosesNothing(t *testing.T) {
 }
 
 // A worker that starts while NATS is away (a server restarting, a pod
-// scheduled first) waits for it instead of exiting.
+// scheduled first) waits for it instead of exiting; what it logs meanwhile
+// does not show the password in NATS_URL.
 func TestWorkerWaitsForNATSAtStart(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -386,7 +387,7 @@ func TestWorkerWaitsForNATSAtStart(t *testing.T) {
 	hs := httptest.NewServer(sim)
 	t.Cleanup(hs.Close)
 	p := start(t, testenv.Clean(
-		"NATS_URL=nats://127.0.0.1:"+strconv.Itoa(port),
+		"NATS_URL=nats://tmc:s3cret-pw@127.0.0.1:"+strconv.Itoa(port),
 		"TALEND_API_URL="+hs.URL, "TALEND_CLIENT_ID=w-client", "TALEND_CLIENT_SECRET=w-secret",
 		"TMC_ADMIN_ADDR=127.0.0.1:0",
 	), "worker")
@@ -402,5 +403,21 @@ func TestWorkerWaitsForNATSAtStart(t *testing.T) {
 	}
 	if code := p.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("worker exited %d:\n%s", code, p.output())
+	}
+	if strings.Contains(p.output(), "s3cret-pw") {
+		t.Errorf("the NATS password appears in the output:\n%s", p.output())
+	}
+}
+
+func TestRedactURLs(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://a:pw@h1:4222, nats://h2:4222": "nats://a:xxxxx@h1:4222, nats://h2:4222",
+		"nats://tok@h:4222":                   "nats://xxxxx@h:4222",
+		"nats://h:4222":                       "nats://h:4222",
+		"":                                    "",
+	} {
+		if got := redactURLs(in); got != want {
+			t.Errorf("redactURLs(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -2,8 +2,8 @@
 // the stream's ack: what jetstream.Publish and a key-value Put or Create
 // do, without their per-call context, option handling, key validation by
 // regular expression and encoding/json decoding of the ack. The worker
-// makes four such writes per request; in its CPU profile that overhead was
-// about a tenth of the process.
+// makes four such writes per request; in its CPU profile that overhead
+// (context timers, ack decoding, key checks) was about 8 % of the process.
 //
 // Refusals come back as *jetstream.APIError, so errors.As and the
 // jetstream error codes work as with the library's own publish. Anything

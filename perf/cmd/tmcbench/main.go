@@ -14,6 +14,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -274,15 +275,7 @@ func drive() error {
 // for an even count), with every run's figure attached.
 func medianRun(rs []Result) Result {
 	sorted := slices.Clone(rs)
-	slices.SortFunc(sorted, func(a, b Result) int {
-		switch {
-		case a.RPS < b.RPS:
-			return -1
-		case a.RPS > b.RPS:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(sorted, func(a, b Result) int { return cmp.Compare(a.RPS, b.RPS) })
 	m := sorted[(len(sorted)-1)/2]
 	m.Runs = nil
 	for _, r := range rs {
