@@ -19,6 +19,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -95,6 +96,11 @@ func newLimiter(perMinute float64) *rate.Limiter {
 // Run keeps this replica's membership, follows the others and the
 // fleet-wide signals until ctx ends.
 func (f *Fleet) Run(ctx context.Context) error {
+	// Announce before watching: Ready then means this replica is visible
+	// to every replica that starts after it, and it knows every replica
+	// that announced before it. A failed heartbeat is retried at the next
+	// tick; the signals are followed meanwhile.
+	_ = f.announce(ctx)
 	watcher, err := f.kv.WatchFiltered(ctx, []string{memberPrefix + ">", "signal.>"})
 	if err != nil {
 		return err
@@ -111,14 +117,23 @@ func (f *Fleet) Run(ctx context.Context) error {
 	ticker := time.NewTicker(f.opts.Heartbeat)
 	defer ticker.Stop()
 	for {
-		_, _ = f.kv.Put(ctx, memberPrefix+f.opts.Holder, []byte(strconv.FormatInt(f.opts.Now().UnixMilli(), 10)))
-		f.rebalance()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C:
 		}
+		_ = f.announce(ctx)
+		f.rebalance()
 	}
+}
+
+// announce writes this replica's heartbeat.
+func (f *Fleet) announce(ctx context.Context) error {
+	_, err := f.kv.Put(ctx, memberPrefix+f.opts.Holder, []byte(strconv.FormatInt(f.opts.Now().UnixMilli(), 10)))
+	if err != nil {
+		return fmt.Errorf("announce fleet member %s: %w", f.opts.Holder, err)
+	}
+	return nil
 }
 
 // Ready is closed once this replica has announced itself and knows the

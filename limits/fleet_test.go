@@ -61,6 +61,41 @@ func TestMembershipSplitsTheBudget(t *testing.T) {
 	}
 }
 
+// slowPuts delays every Put, as a loaded server or network would.
+type slowPuts struct {
+	jetstream.KeyValue
+	delay time.Duration
+}
+
+func (s slowPuts) Put(ctx context.Context, key string, value []byte) (uint64, error) {
+	time.Sleep(s.delay)
+	return s.KeyValue.Put(ctx, key, value)
+}
+
+// Ready means this replica is visible to the others: one that starts after
+// it counts it from its first call, even when the heartbeat write is slow.
+// (CI once saw the third replica count two: Ready had closed before the
+// second one's first heartbeat was stored.)
+func TestReadyMeansAnnounced(t *testing.T) {
+	kv := claimsBucket(t)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := New(slowPuts{kv, 300 * time.Millisecond}, Options{Holder: "a", PerMinute: 600, Heartbeat: time.Second})
+	wg.Go(func() { _ = a.Run(ctx) })
+	<-a.Ready()
+	if _, err := kv.Get(ctx, memberPrefix+"a"); err != nil {
+		t.Fatalf("a is ready but not announced: %v", err)
+	}
+	b := New(kv, Options{Holder: "b", PerMinute: 600, Heartbeat: time.Second})
+	wg.Go(func() { _ = b.Run(ctx) })
+	<-b.Ready()
+	if n := b.Members(); n != 2 {
+		t.Errorf("b sees %d members, want 2", n)
+	}
+}
+
 // One replica's open breaker pauses the others; a 429 pauses everyone's
 // calls for its Retry-After.
 func TestSignalsReachTheFleet(t *testing.T) {
