@@ -76,16 +76,18 @@ const scope = "github.com/tmc-runner/tmc-runner/broker"
 // template, not the subject itself: subjects carry request ids), injects
 // its context into msg's headers, and ends it with the write's outcome.
 func (p *Publisher) send(ctx context.Context, kind, template string, msg *nats.Msg, write func(context.Context) error) error {
-	ctx, span := p.tracer.Start(ctx, "send "+template, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(
+	ctx, span := p.tracer.Start(ctx, "send "+template, trace.WithSpanKind(trace.SpanKindProducer))
+	defer span.End()
+	if span.IsRecording() { // building attributes costs even when unsampled
+		span.SetAttributes(
 			semconv.MessagingSystemKey.String("nats"),
 			semconv.MessagingOperationTypeSend,
 			semconv.MessagingOperationName("send"),
 			semconv.MessagingDestinationName(msg.Subject),
 			semconv.MessagingDestinationTemplate(template),
 			semconv.MessagingMessageID(msg.Header.Get(nats.MsgIdHdr)),
-		))
-	defer span.End()
+		)
+	}
 	telemetry.Inject(ctx, msg.Header)
 	err := write(ctx)
 	if err != nil {

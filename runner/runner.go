@@ -235,7 +235,8 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 	r.client, err = talend.NewClient(talend.Config{
 		BaseURL:     cfg.Talend.BaseURL(),
 		Credentials: cfg.Talend.Credentials(),
-		API:         &http.Client{Transport: &limits.Transport{Next: r.breaker, Fleet: r.fleet}, Timeout: cfg.Talend.Timeout},
+		API:         &http.Client{Transport: &limits.Transport{Next: r.breaker, Fleet: r.fleet}},
+		CallTimeout: cfg.Talend.Timeout,
 		TokenHTTP: &http.Client{
 			Transport: traced,
 			Timeout:   cfg.Talend.Timeout,

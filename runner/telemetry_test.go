@@ -98,6 +98,20 @@ func TestTracePropagatesFromPublisherToEvent(t *testing.T) {
 	if send.SpanKind() != trace.SpanKindProducer || send.Parent().SpanID() != process.SpanContext().SpanID() {
 		t.Errorf("event span kind %v parent %s, want a producer span under the process span", send.SpanKind(), send.Parent().SpanID())
 	}
+	sendAttrs := map[string]string{}
+	for _, kv := range send.Attributes() {
+		sendAttrs[string(kv.Key)] = kv.Value.String()
+	}
+	for k, v := range map[string]string{
+		"messaging.system": "nats", "messaging.operation.type": "send",
+		"messaging.destination.name":     "tmc.runs.events.default.traced.accepted",
+		"messaging.destination.template": "tmc.runs.events.{route}.{requestId}.accepted",
+		"messaging.message.id":           "traced.accepted",
+	} {
+		if sendAttrs[k] != v {
+			t.Errorf("event span %s = %q, want %q", k, sendAttrs[k], v)
+		}
+	}
 
 	s, _ := h.js.Stream(context.Background(), h.topo.EventsStream)
 	raw, err := s.GetLastMsgForSubject(context.Background(), "tmc.runs.events.default.traced.accepted")

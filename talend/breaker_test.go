@@ -75,7 +75,8 @@ func newBreakerEnv(t *testing.T, failures uint32, openFor, apiTimeout time.Durat
 		})
 	}
 	be.simEnv = newSimEnv(t, talendsim.Options{}, dropper, func(c *Config) {
-		c.API = &http.Client{Transport: be.breaker, Timeout: apiTimeout}
+		c.API = &http.Client{Transport: be.breaker}
+		c.CallTimeout = apiTimeout
 	})
 	// Fetch the token first so that breaker tests count API calls only.
 	if _, err := be.client.Tokens().Token(context.Background()); err != nil {

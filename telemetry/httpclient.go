@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"maps"
 	"net/http"
 	"strconv"
 
@@ -56,12 +57,11 @@ func (c *clientSpans) RoundTrip(r *http.Request) (*http.Response, error) {
 		)
 	}
 	// A RoundTripper must not change the caller's request: copy it with its
-	// own header map for the propagation fields.
+	// own header map for the propagation fields. The map alone is copied:
+	// Inject replaces its keys' values, it never appends to the caller's.
 	out := r.WithContext(ctx)
-	out.Header = r.Header.Clone()
-	if out.Header == nil {
-		out.Header = http.Header{}
-	}
+	out.Header = make(http.Header, len(r.Header)+2)
+	maps.Copy(out.Header, r.Header)
 	Propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
 	resp, err := c.next.RoundTrip(out)
 	if err != nil {

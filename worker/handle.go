@@ -56,8 +56,16 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, stopAlive func()
 // startProcessSpan starts the consumer span of one delivery, a child of
 // the trace context in the message's headers (any letter case), with the
 // OpenTelemetry messaging attributes.
+//
+// The attributes are set only on a recording span: with sampling off they
+// were about a tenth of the bytes the worker allocated (bench profile,
+// 0 ms x 64). No sampler configurable here looks at start attributes.
 func (w *Worker) startProcessSpan(ctx context.Context, msg jetstream.Msg) (context.Context, trace.Span) {
 	ctx = telemetry.Extract(ctx, msg.Headers())
+	ctx, span := w.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer))
+	if !span.IsRecording() {
+		return ctx, span
+	}
 	attrs := []attribute.KeyValue{
 		semconv.MessagingSystemKey.String("nats"),
 		semconv.MessagingOperationTypeProcess,
@@ -70,12 +78,16 @@ func (w *Worker) startProcessSpan(ctx context.Context, msg jetstream.Msg) (conte
 			semconv.MessagingMessageID(strconv.FormatUint(meta.Sequence.Stream, 10)),
 			attribute.Int("messaging.nats.message.delivery_count", int(meta.NumDelivered)))
 	}
-	return w.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+	span.SetAttributes(attrs...)
+	return ctx, span
 }
 
 // endProcessSpan records the decision on the span: ids and outcome (never
 // a parameter value), and an error status for outcomes that need a look.
 func (w *Worker) endProcessSpan(span trace.Span, d decision) {
+	if !span.IsRecording() {
+		return
+	}
 	attrs := []attribute.KeyValue{attribute.String("tmc.outcome", d.outcome)}
 	if d.requestID != "" {
 		attrs = append(attrs, attribute.String("tmc.request_id", d.requestID), attribute.String("tmc.route", d.route))

@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -74,7 +75,8 @@ const (
 )
 
 // childMain runs one pipeline until SIGTERM. A CPU profile is written to
-// $BENCH_CPUPROFILE when set (stopped on SIGTERM).
+// $BENCH_CPUPROFILE when set (stopped on SIGTERM), and an allocation
+// profile beside it.
 func childMain(role string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -87,7 +89,16 @@ func childMain(role string) error {
 		if err := pprof.StartCPUProfile(f); err != nil {
 			return err
 		}
-		stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+		stopProfile = func() {
+			pprof.StopCPUProfile()
+			f.Close()
+			// The allocations since start, beside it (go tool pprof
+			// -sample_index=alloc_space or alloc_objects).
+			if af, err := os.Create(strings.TrimSuffix(path, ".pprof") + ".allocs.pprof"); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(af, 0)
+				af.Close()
+			}
+		}
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
