@@ -1,6 +1,7 @@
 package talendsim
 
 import (
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"testing"
@@ -364,6 +365,42 @@ func TestRoutingErrors(t *testing.T) {
 				t.Error("405 without Allow")
 			}
 		})
+	}
+}
+
+// MaxRunning, kept with a heap of live executions, agrees with counting
+// every execution at every trigger, with runs of different lengths, runs
+// that never end, and stops that cut runs short.
+func TestMaxRunningMatchesACount(t *testing.T) {
+	h := newHarness(t, Options{KnowAll: true})
+	h.sim.SetBehaviour("short", Behaviour{RunFor: 100 * time.Millisecond})
+	h.sim.SetBehaviour("long", Behaviour{RunFor: 2 * time.Second})
+	h.sim.SetBehaviour("forever", Behaviour{NeverEnds: true})
+	var ids []string
+	want := 0
+	count := func() {
+		now := h.clock.Now()
+		n := 0
+		for _, id := range ids {
+			info, _ := h.sim.Execution(id)
+			if !info.Trigger.After(now) && (info.Finish.IsZero() || now.Before(info.Finish)) {
+				n++
+			}
+		}
+		want = max(want, n)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 300 {
+		exe := []string{"short", "short", "long", "forever"}[rng.IntN(4)]
+		ids = append(ids, h.runTask(exe))
+		count()
+		if i%7 == 0 { // stop one at random
+			h.api(http.MethodDelete, "/processing/executions/"+ids[rng.IntN(len(ids))], nil)
+		}
+		h.clock.Advance(time.Duration(rng.IntN(40)) * time.Millisecond)
+	}
+	if got := h.sim.Stats().MaxRunning; got != want {
+		t.Errorf("MaxRunning %d, counted %d", got, want)
 	}
 }
 

@@ -104,18 +104,19 @@ type Stats struct {
 type Simulator struct {
 	mu sync.Mutex
 
-	opts       Options // normalised at New; Clients and Latency live below
-	clients    map[string]string
-	latency    time.Duration
-	tokens     map[string]time.Time // access token -> expiry
-	tasks      map[string]bool
-	plans      map[string]bool
-	behaviours map[string]Behaviour
-	execs      map[string]*execution
-	live       []*execution // executions that may still be running (see addLocked)
-	limit      *rateLimit   // SetRateLimit; nil: none
-	faults     faultState
-	stats      Stats
+	opts        Options // normalised at New; Clients and Latency live below
+	clients     map[string]string
+	latency     time.Duration
+	tokens      map[string]time.Time // access token -> expiry
+	tasks       map[string]bool
+	plans       map[string]bool
+	behaviours  map[string]Behaviour
+	execs       map[string]*execution
+	live        liveHeap   // executions that may still be running (see addLocked)
+	lastTrigger time.Time  // latest trigger added
+	limit       *rateLimit // SetRateLimit; nil: none
+	faults      faultState
+	stats       Stats
 }
 
 // New returns a Simulator configured by opts.

@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -142,7 +143,7 @@ var (
 	flagQuick       = flag.Bool("quick", false, "shorter windows (smoke run)")
 	flagRows        = flag.String("rows", "", "regexp: run only rows whose name matches (also 'fleet', 'backlog')")
 	flagFleetCold   = flag.Bool("fleet-cold", false, "fleet row: queue the backlog before the workers start (simultaneous cold start)")
-	flagProfile     = flag.String("cpuprofile", "", "row name whose pipeline process writes a CPU profile to <out>/cpu-<row>.pprof")
+	flagProfile     = flag.String("cpuprofile", "", "row name whose pipeline process (for -inproc rows: this process) writes a CPU profile to <out>/cpu-<row>.pprof")
 	flagRate        = flag.Float64("rate-limit", 0, "TMC_RATE_LIMIT for the throughput rows (0 = unlimited)")
 	flagRunning     = flag.Int("max-running", 0, "TMC_MAX_RUNNING for the throughput rows (0 = no cap)")
 	flagWindow      = flag.Duration("window", 0, "measurement window per row (default 12s, -quick 4s)")
@@ -459,8 +460,19 @@ func (c *child) pid() int {
 // configuration (and the OpenTelemetry exporter its endpoint) from the
 // process environment, so the row's variables are set for its duration.
 func startInProcess(role string, extra map[string]string) (*child, error) {
-	if *flagProfile != "" {
-		return nil, errors.New("-cpuprofile is for pipeline processes; profile an in-process row with go test -bench instead")
+	// A profiled row profiles the whole process: server, simulator, load
+	// generator and pipeline.
+	stopProfile := func() {}
+	if path := extra["BENCH_CPUPROFILE"]; path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return nil, err
+		}
+		stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
 	}
 	for k, v := range extra {
 		os.Setenv(k, v)
@@ -469,6 +481,7 @@ func startInProcess(role string, extra map[string]string) (*child, error) {
 	c := &child{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
+		defer stopProfile()
 		defer func() {
 			for k := range extra {
 				os.Unsetenv(k)
