@@ -54,6 +54,9 @@ type Spec struct {
 	Concurrency int    `json:"concurrency"`
 	Tracing     string `json:"tracing,omitempty"` // unsampled | sampled (worker)
 	Follow      bool   `json:"follow,omitempty"`  // TMC_AWAIT_RESULT=true
+	// Capped: TMC_MAX_RUNNING at cappedRunning, above what the row's load
+	// keeps running (every execution is then followed to free its slot).
+	Capped bool `json:"capped,omitempty"`
 	// InProcess: the pipeline runs in the driver process, beside the
 	// nats-server, the simulator and the load generator (the setting of the
 	// ~20k/s figure quoted in the issue), and reaches the server and the
@@ -144,8 +147,8 @@ var (
 	flagRows        = flag.String("rows", "", "regexp: run only rows whose name matches (also 'fleet', 'backlog')")
 	flagFleetCold   = flag.Bool("fleet-cold", false, "fleet row: queue the backlog before the workers start (simultaneous cold start)")
 	flagProfile     = flag.String("cpuprofile", "", "row name whose pipeline process (for -inproc rows: this process) writes a CPU profile to <out>/cpu-<row>.pprof")
-	flagRate        = flag.Float64("rate-limit", 0, "TMC_RATE_LIMIT for the throughput rows (0 = unlimited)")
-	flagRunning     = flag.Int("max-running", 0, "TMC_MAX_RUNNING for the throughput rows (0 = no cap)")
+	flagRate        = flag.Float64("rate-limit", 6e6, "TMC_RATE_LIMIT and TMC_MONITORING_RATE_LIMIT for the throughput rows, per minute (default: far above any load here, so the budget's code runs without limiting; 0 = none)")
+	flagRunning     = flag.Int("max-running", 0, "TMC_MAX_RUNNING for the throughput rows other than -capped ones (0 = no cap)")
 	flagWindow      = flag.Duration("window", 0, "measurement window per row (default 12s, -quick 4s)")
 	flagRepeat      = flag.Int("repeat", 1, "run every row this many times, interleaved; rows report their median run")
 	flagFleetWindow = flag.Duration("fleet-window", 0, "fleet measurement window (default 40s, -quick 16s)")
@@ -176,6 +179,9 @@ func specs() []Spec {
 			if v.Follow {
 				v.Name += "-follow"
 			}
+			if v.Capped {
+				v.Name += "-capped"
+			}
 			out = append(out, v)
 		}
 	}
@@ -187,7 +193,7 @@ func specs() []Spec {
 		Spec{Name: "worker-0ms-c64-sampled-inproc", Pipeline: "worker", Concurrency: 64, Tracing: "sampled", InProcess: true},
 		Spec{Name: "worker-0ms-c64-unsampled-follow-inproc", Pipeline: "worker", Concurrency: 64, Tracing: "unsampled", Follow: true, InProcess: true})
 	add(0, 256, Spec{Tracing: "unsampled"}, Spec{Tracing: "sampled"})
-	add(100, 128, Spec{Tracing: "unsampled"})
+	add(100, 128, Spec{Tracing: "unsampled"}, Spec{Tracing: "unsampled", Capped: true})
 	add(100, 512, Spec{Tracing: "unsampled"}, Spec{Tracing: "sampled"})
 	out = append(out,
 		Spec{Name: "base-100ms-c512-inproc", Pipeline: "baseline", LatencyMS: 100, Concurrency: 512, InProcess: true},
@@ -379,6 +385,11 @@ func (e *env) pipelineInMsgs() int64 {
 	return n
 }
 
+// cappedRunning is TMC_MAX_RUNNING in -capped rows: the configuration's
+// maximum, above the ~3,000 executions a 100 ms × 128 row keeps running
+// (1,250 runs/s, each held until the follower sees its end, about 2 s).
+const cappedRunning = 10000
+
 // workerEnv is the environment of a worker process.
 func (e *env) workerEnv(conc int, tracing string, follow bool, rateLimit float64, maxRunning int) map[string]string {
 	m := map[string]string{
@@ -388,7 +399,7 @@ func (e *env) workerEnv(conc int, tracing string, follow bool, rateLimit float64
 		"TALEND_CLIENT_SECRET":      "dev-secret",
 		"TMC_CONCURRENCY":           strconv.Itoa(conc),
 		"TMC_RATE_LIMIT":            strconv.FormatFloat(rateLimit, 'f', -1, 64),
-		"TMC_MONITORING_RATE_LIMIT": "0",
+		"TMC_MONITORING_RATE_LIMIT": strconv.FormatFloat(rateLimit, 'f', -1, 64),
 		"TMC_MAX_RUNNING":           strconv.Itoa(maxRunning),
 		"TMC_AWAIT_RESULT":          strconv.FormatBool(follow),
 		"TMC_ADMIN_ADDR":            "",
@@ -597,7 +608,11 @@ func runRow(s Spec, warm, window time.Duration) (res Result) {
 		reqSubject, evtFilter, evtStream = baseReqPrefix+".bench", baseEvtPrefix+".*.accepted", baseEvtStream
 		childEnv = map[string]string{"BENCH_NATS_URL": e.srv.URL(), "BENCH_SIM_URL": e.api.URL, "BENCH_CONCURRENCY": strconv.Itoa(s.Concurrency)}
 	} else {
-		childEnv = e.workerEnv(s.Concurrency, s.Tracing, s.Follow, *flagRate, *flagRunning)
+		maxRunning := *flagRunning
+		if s.Capped {
+			maxRunning = cappedRunning
+		}
+		childEnv = e.workerEnv(s.Concurrency, s.Tracing, s.Follow, *flagRate, maxRunning)
 		topo, stream, err := e.provisionWorker(childEnv)
 		if err != nil {
 			return fail(err)
