@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tmc-runner/tmc-runner/follow"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talendsim"
 )
@@ -207,5 +208,18 @@ func TestLeaseWithoutHolderNames(t *testing.T) {
 	e.waitResults(20*time.Second, "unnamed-1", "unnamed-2")
 	if n := tlB.calls.Load(); n != 0 {
 		t.Errorf("b made %d Talend calls while a held the lease", n)
+	}
+}
+
+// A follower stopped while its watch is being set up stops cleanly: a
+// worker shut down right after start must not exit with an error.
+func TestRunStoppedAtStartIsClean(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, talendsim.Options{})
+	f := follow.New(fastConfig("a"), e.kv, e.client, e.events)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := f.Run(ctx); err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }

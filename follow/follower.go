@@ -249,6 +249,9 @@ func (f *Follower) forget(requestID string, rev uint64) {
 func (f *Follower) Run(ctx context.Context) error {
 	watcher, err := f.kv.WatchFiltered(ctx, []string{"follow.>"})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while the watch was being set up
+		}
 		return fmt.Errorf("watch follow records: %w", err)
 	}
 	var wg sync.WaitGroup

@@ -103,7 +103,10 @@ func (f *Fleet) Run(ctx context.Context) error {
 	_ = f.announce(ctx)
 	watcher, err := f.kv.WatchFiltered(ctx, []string{memberPrefix + ">", "signal.>"})
 	if err != nil {
-		return err
+		if ctx.Err() != nil {
+			return nil // stopped while the watch was being set up
+		}
+		return fmt.Errorf("watch fleet members: %w", err)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { f.watch(watcher) })

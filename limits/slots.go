@@ -54,6 +54,9 @@ func NewSlots(kv jetstream.KeyValue, max int, now func() time.Time) *Slots {
 func (s *Slots) Run(ctx context.Context) error {
 	w, err := s.kv.WatchFiltered(ctx, []string{"slot.>"})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while the watch was being set up
+		}
 		return fmt.Errorf("watch slots: %w", err)
 	}
 	defer func() { _ = w.Stop() }()

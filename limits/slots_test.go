@@ -72,3 +72,17 @@ func TestSlotsCapAcrossReplicas(t *testing.T) {
 		t.Errorf("after %s was released, Acquire gave %q, %v", freed, got, err)
 	}
 }
+
+// A replica stopped while its watches are being set up stops cleanly: a
+// shutdown right after start is not an error (it made the worker exit 1).
+func TestRunStoppedAtStartIsClean(t *testing.T) {
+	kv := claimsBucket(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := NewSlots(kv, 5, nil).Run(ctx); err != nil {
+		t.Errorf("slots: %v", err)
+	}
+	if err := New(kv, Options{Holder: "a"}).Run(ctx); err != nil {
+		t.Errorf("fleet: %v", err)
+	}
+}

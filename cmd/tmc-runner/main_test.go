@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -377,21 +378,64 @@ func TestWorkerSIGTERMLosesNothing(t *testing.T) {
 // scheduled first) waits for it instead of exiting; what it logs meanwhile
 // does not show the password in NATS_URL.
 func TestWorkerWaitsForNATSAtStart(t *testing.T) {
+	port := freePort(t)
+	p := startWorkerOn(t, "nats://tmc:s3cret-pw@127.0.0.1:"+strconv.Itoa(port))
+	p.waitFor(t, 10*time.Second, "NATS not reachable yet")
+	serveThenStop(t, p, port)
+	if strings.Contains(p.output(), "s3cret-pw") {
+		t.Errorf("the NATS password appears in the output:\n%s", p.output())
+	}
+}
+
+// A worker that reaches a server whose JetStream is not up yet (here: a
+// server without JetStream, then one with it on the same port) waits for it
+// instead of exiting.
+func TestWorkerWaitsForJetStreamAtStart(t *testing.T) {
+	port := freePort(t)
+	plain, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go plain.Start()
+	if !plain.ReadyForConnections(5 * time.Second) {
+		t.Fatal("plain nats-server not ready")
+	}
+	p := startWorkerOn(t, "nats://127.0.0.1:"+strconv.Itoa(port))
+	p.waitFor(t, 10*time.Second, "JetStream not available yet")
+	plain.Shutdown()
+	plain.WaitForShutdown()
+	serveThenStop(t, p, port)
+}
+
+// freePort is a local TCP port nothing listens on (for a server started
+// after the worker).
+func freePort(t *testing.T) int {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startWorkerOn starts a worker process against natsURL and a simulator.
+func startWorkerOn(t *testing.T, natsURL string) *process {
+	t.Helper()
 	sim := talendsim.New(talendsim.Options{Clients: map[string]string{"w-client": "w-secret"}})
 	hs := httptest.NewServer(sim)
 	t.Cleanup(hs.Close)
-	p := start(t, testenv.Clean(
-		"NATS_URL=nats://tmc:s3cret-pw@127.0.0.1:"+strconv.Itoa(port),
+	return start(t, testenv.Clean(
+		"NATS_URL="+natsURL,
 		"TALEND_API_URL="+hs.URL, "TALEND_CLIENT_ID=w-client", "TALEND_CLIENT_SECRET=w-secret",
 		"TMC_ADMIN_ADDR=127.0.0.1:0",
 	), "worker")
-	p.waitFor(t, 10*time.Second, "NATS not reachable yet")
+}
+
+// serveThenStop starts a JetStream server on port, expects the waiting
+// worker p to start on it, then to stop with exit code 0 on SIGTERM.
+func serveThenStop(t *testing.T, p *process, port int) {
+	t.Helper()
 	srv, err := natsembed.Start(natsembed.Options{Port: port, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -403,9 +447,6 @@ func TestWorkerWaitsForNATSAtStart(t *testing.T) {
 	}
 	if code := p.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("worker exited %d:\n%s", code, p.output())
-	}
-	if strings.Contains(p.output(), "s3cret-pw") {
-		t.Errorf("the NATS password appears in the output:\n%s", p.output())
 	}
 }
 

@@ -47,6 +47,9 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer drain(nc)
+	if err := waitJetStream(ctx, nc, log, startWait); err != nil {
+		return err
+	}
 	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log, TracerProvider: tracing.Provider})
 	if err != nil {
 		return err
@@ -107,6 +110,47 @@ func connectWaiting(ctx context.Context, n config.NATS, name string, log *slog.L
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// waitJetStream returns once the JetStream API answers, waiting up to wait
+// while it does not: a server just restarted may accept connections before
+// JetStream has recovered its streams (or, in a cluster, elected its meta
+// leader). Without this the worker would exit and be restarted with a
+// back-off. Other errors (a permission refused, say) return at once.
+func waitJetStream(ctx context.Context, nc *nats.Conn, log *slog.Logger, wait time.Duration) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := js.AccountInfo(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if !jetStreamUnavailable(err) || time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("JetStream not available: %w", err)
+		}
+		log.Warn("JetStream not available yet, trying again", "error", err, "until", deadline.Format(time.RFC3339))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("JetStream not available: %w", err)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// jetStreamUnavailable tells errors that may pass (JetStream not up yet, no
+// answer, 503 while a cluster elects its leader) from the rest.
+func jetStreamUnavailable(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &apiErr) && apiErr.Code == 503)
 }
 
 // drain flushes what the connection still has to send, then closes it.
