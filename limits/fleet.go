@@ -103,6 +103,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 	_ = f.announce(ctx)
 	watcher, err := f.kv.WatchFiltered(ctx, []string{memberPrefix + ">", "signal.>"})
 	if err != nil {
+		f.leave()
 		if ctx.Err() != nil {
 			return nil // stopped while the watch was being set up
 		}
@@ -113,9 +114,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 	defer func() {
 		_ = watcher.Stop()
 		wg.Wait()
-		leaveCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = f.kv.Delete(leaveCtx, memberPrefix+f.opts.Holder)
-		cancel()
+		f.leave()
 	}()
 	ticker := time.NewTicker(f.opts.Heartbeat)
 	defer ticker.Stop()
@@ -130,6 +129,14 @@ func (f *Fleet) Run(ctx context.Context) error {
 	}
 }
 
+// leave deletes this replica's heartbeat, so the others stop counting it
+// now rather than after three missed heartbeats.
+func (f *Fleet) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = f.kv.Delete(ctx, memberPrefix+f.opts.Holder)
+}
+
 // announce writes this replica's heartbeat.
 func (f *Fleet) announce(ctx context.Context) error {
 	_, err := f.kv.Put(ctx, memberPrefix+f.opts.Holder, []byte(strconv.FormatInt(f.opts.Now().UnixMilli(), 10)))
@@ -139,7 +146,8 @@ func (f *Fleet) announce(ctx context.Context) error {
 	return nil
 }
 
-// Ready is closed once this replica has announced itself and knows the
+// Ready is closed once this replica has announced itself (unless that
+// first write failed; it is retried at each heartbeat) and knows the
 // members already there: its budget share is right from its first call.
 func (f *Fleet) Ready() <-chan struct{} { return f.ready }
 

@@ -118,7 +118,13 @@ func (s *Slots) Running() int {
 // race for the same key), skipping those this replica knows are taken; a
 // create refused because another replica took the key meanwhile moves on
 // to the next. No per-call list of every slot: with the cap at 10,000 that
-// was 70 % of the worker's CPU (bench row worker-100ms-c128-unsampled-capped).
+// was 70 % of the worker's CPU (bench, 100 ms × 128 with TMC_MAX_RUNNING
+// 10,000).
+//
+// The index holds one slot per request. Should two replicas take a slot
+// each for the same request at once, releasing one drops the index entry
+// and a later Acquire for that request takes another slot; Collect frees
+// what is left over.
 func (s *Slots) Acquire(ctx context.Context, requestID string) (string, error) {
 	s.mu.Lock()
 	if k, ok := s.byRequest[requestID]; ok {

@@ -392,19 +392,29 @@ func TestWorkerWaitsForNATSAtStart(t *testing.T) {
 // instead of exiting.
 func TestWorkerWaitsForJetStreamAtStart(t *testing.T) {
 	port := freePort(t)
-	plain, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go plain.Start()
-	if !plain.ReadyForConnections(5 * time.Second) {
-		t.Fatal("plain nats-server not ready")
-	}
+	plain := plainServer(t, port)
 	p := startWorkerOn(t, "nats://127.0.0.1:"+strconv.Itoa(port))
 	p.waitFor(t, 10*time.Second, "JetStream not available yet")
 	plain.Shutdown()
 	plain.WaitForShutdown()
 	serveThenStop(t, p, port)
+}
+
+// A worker stopped while it waits for NATS or JetStream at start exits 0:
+// nothing had started, and a stop is not a failure.
+func TestWorkerStoppedWhileWaitingExitsZero(t *testing.T) {
+	t.Run("NATS", func(t *testing.T) {
+		p := startWorkerOn(t, "nats://127.0.0.1:"+strconv.Itoa(freePort(t)))
+		p.waitFor(t, 10*time.Second, "NATS not reachable yet")
+		stopCleanly(t, p)
+	})
+	t.Run("JetStream", func(t *testing.T) {
+		port := freePort(t)
+		plainServer(t, port)
+		p := startWorkerOn(t, "nats://127.0.0.1:"+strconv.Itoa(port))
+		p.waitFor(t, 10*time.Second, "JetStream not available yet")
+		stopCleanly(t, p)
+	})
 }
 
 // freePort is a local TCP port nothing listens on (for a server started
@@ -442,12 +452,33 @@ func serveThenStop(t *testing.T, p *process, port int) {
 	}
 	t.Cleanup(srv.Stop)
 	p.waitFor(t, 30*time.Second, "worker started")
+	stopCleanly(t, p)
+}
+
+// stopCleanly sends SIGTERM and expects exit code 0.
+func stopCleanly(t *testing.T, p *process) {
+	t.Helper()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if code := p.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("worker exited %d:\n%s", code, p.output())
 	}
+}
+
+// plainServer starts a nats-server without JetStream on port.
+func plainServer(t *testing.T, port int) *server.Server {
+	t.Helper()
+	plain, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go plain.Start()
+	t.Cleanup(plain.Shutdown)
+	if !plain.ReadyForConnections(5 * time.Second) {
+		t.Fatal("plain nats-server not ready")
+	}
+	return plain
 }
 
 func TestRedactURLs(t *testing.T) {

@@ -44,10 +44,16 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	defer flush()
 	nc, err := connectWaiting(ctx, cfg.NATS, "tmc-runner worker", log, startWait)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped (SIGTERM) while waiting: nothing had started
+		}
 		return err
 	}
 	defer drain(nc)
 	if err := waitJetStream(ctx, nc, log, startWait); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	r, err := runner.New(ctx, runner.Options{Config: cfg, Conn: nc, Logger: log, TracerProvider: tracing.Provider})
@@ -116,7 +122,9 @@ func connectWaiting(ctx context.Context, n config.NATS, name string, log *slog.L
 // while it does not: a server just restarted may accept connections before
 // JetStream has recovered its streams (or, in a cluster, elected its meta
 // leader). Without this the worker would exit and be restarted with a
-// back-off. Other errors (a permission refused, say) return at once.
+// back-off. The price: a server configured without JetStream for this
+// account, or a user denied $JS.API.INFO (NATS reports that as a timeout
+// here), is reported only after the wait. Other errors return at once.
 func waitJetStream(ctx context.Context, nc *nats.Conn, log *slog.Logger, wait time.Duration) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
