@@ -100,7 +100,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 	// to every replica that starts after it, and it knows every replica
 	// that announced before it. A failed heartbeat is retried at the next
 	// tick; the signals are followed meanwhile.
-	_ = f.announce(ctx)
+	f.announce(ctx)
 	watcher, err := f.kv.WatchFiltered(ctx, []string{memberPrefix + ">", "signal.>"})
 	if err != nil {
 		f.leave()
@@ -124,7 +124,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 			return nil
 		case <-ticker.C:
 		}
-		_ = f.announce(ctx)
+		f.announce(ctx)
 		f.rebalance()
 	}
 }
@@ -137,13 +137,11 @@ func (f *Fleet) leave() {
 	_ = f.kv.Delete(ctx, memberPrefix+f.opts.Holder)
 }
 
-// announce writes this replica's heartbeat.
-func (f *Fleet) announce(ctx context.Context) error {
-	_, err := f.kv.Put(ctx, memberPrefix+f.opts.Holder, []byte(strconv.FormatInt(f.opts.Now().UnixMilli(), 10)))
-	if err != nil {
-		return fmt.Errorf("announce fleet member %s: %w", f.opts.Holder, err)
-	}
-	return nil
+// announce writes this replica's heartbeat. A failed write is not
+// reported: the next heartbeat tries again, and three missed ones are what
+// the others go by.
+func (f *Fleet) announce(ctx context.Context) {
+	_, _ = f.kv.Put(ctx, memberPrefix+f.opts.Holder, []byte(strconv.FormatInt(f.opts.Now().UnixMilli(), 10)))
 }
 
 // Ready is closed once this replica has announced itself (unless that
