@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"syscall"
@@ -100,6 +101,9 @@ func childMain(role string) error {
 			}
 		}
 	}
+	if path := os.Getenv("BENCH_TRACE"); path != "" {
+		defer traceOnSignals(path)()
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
@@ -109,6 +113,50 @@ func childMain(role string) error {
 		os.Exit(0)
 	}()
 	return runPipeline(ctx, role, os.Stderr)
+}
+
+// traceOnSignals writes a Go execution trace to path between a SIGUSR1
+// and the next SIGUSR2 (the driver sends them inside the measurement
+// window, so the trace shows the pipeline under full load). stop ends the
+// listening (and a trace still running).
+func traceOnSignals(path string) (stop func()) {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var f *os.File
+		defer func() {
+			if f != nil {
+				trace.Stop()
+				f.Close()
+			}
+		}()
+		for s := range sig {
+			switch {
+			case s == syscall.SIGUSR1 && f == nil:
+				var err error
+				if f, err = os.Create(path); err != nil {
+					fmt.Fprintln(os.Stderr, "trace:", err)
+					continue
+				}
+				if err := trace.Start(f); err != nil {
+					fmt.Fprintln(os.Stderr, "trace:", err)
+					f.Close()
+					f = nil
+				}
+			case s == syscall.SIGUSR2 && f != nil:
+				trace.Stop()
+				f.Close()
+				f = nil
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(sig)
+		close(sig)
+		<-done
+	}
 }
 
 // runPipeline runs one pipeline until ctx ends; its messages go to out.

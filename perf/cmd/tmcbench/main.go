@@ -29,11 +29,13 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -147,6 +149,7 @@ var (
 	flagRows        = flag.String("rows", "", "regexp: run only rows whose name matches (also 'fleet', 'backlog')")
 	flagFleetCold   = flag.Bool("fleet-cold", false, "fleet row: queue the backlog before the workers start (simultaneous cold start)")
 	flagProfile     = flag.String("cpuprofile", "", "row name whose pipeline process (for -inproc rows: this process) writes a CPU profile to <out>/cpu-<row>.pprof")
+	flagTrace       = flag.String("trace", "", "row name whose pipeline process (for -inproc rows: this process) writes a Go execution trace of 2s in the middle of the measurement window to <out>/trace-<row>.out (where the handlers wait: go tool trace -pprof=sync)")
 	flagRate        = flag.Float64("rate-limit", 6e6, "TMC_RATE_LIMIT and TMC_MONITORING_RATE_LIMIT for the throughput rows, per minute (default: far above any load here, so the budget's code runs without limiting; 0 = none)")
 	flagRunning     = flag.Int("max-running", 0, "TMC_MAX_RUNNING for the throughput rows other than -capped ones (0 = no cap)")
 	flagWindow      = flag.Duration("window", 0, "measurement window per row (default 12s, -quick 4s)")
@@ -560,6 +563,33 @@ func (c *child) exited() bool {
 	}
 }
 
+// traceWindow sleeps through the measurement window while the pipeline
+// writes an execution trace of its middle 2 s (or half the window, if
+// shorter): signalled to a child process, started here for an in-process
+// pipeline (then the trace covers the whole process).
+func traceWindow(c *child, path string, window time.Duration) {
+	span := min(2*time.Second, window/2)
+	lead := (window - span) / 2
+	time.Sleep(lead)
+	var stop func()
+	if c.cmd != nil {
+		_ = c.cmd.Process.Signal(syscall.SIGUSR1)
+		stop = func() { _ = c.cmd.Process.Signal(syscall.SIGUSR2) }
+	} else if f, err := os.Create(path); err == nil {
+		if err := trace.Start(f); err != nil {
+			f.Close()
+			stop = func() {}
+		} else {
+			stop = func() { trace.Stop(); f.Close() }
+		}
+	} else {
+		stop = func() {}
+	}
+	time.Sleep(span)
+	stop()
+	time.Sleep(window - lead - span)
+}
+
 // stop sends SIGTERM (the child stops a CPU profile and exits at once),
 // then kills after 5 s.
 func (c *child) stop() {
@@ -626,6 +656,13 @@ func runRow(s Spec, warm, window time.Duration) (res Result) {
 	}
 	if *flagProfile == s.Name {
 		childEnv["BENCH_CPUPROFILE"], _ = filepath.Abs(filepath.Join(*flagOut, "cpu-"+s.Name+".pprof"))
+	}
+	var tracePath string
+	if *flagTrace == s.Name {
+		tracePath, _ = filepath.Abs(filepath.Join(*flagOut, "trace-"+s.Name+".out"))
+		if !s.InProcess {
+			childEnv["BENCH_TRACE"] = tracePath
+		}
 	}
 
 	// Completion counting: a core subscription to the accepted events
@@ -713,7 +750,11 @@ func runRow(s Spec, warm, window time.Duration) (res Result) {
 	d0, _ := procCPU(os.Getpid())
 	m0 := e.pipelineInMsgs()
 	n0, t0 := completed.Load(), time.Now()
-	time.Sleep(window)
+	if tracePath != "" {
+		traceWindow(c, tracePath, window)
+	} else {
+		time.Sleep(window)
+	}
 	cpu1, _ := procCPU(pid)
 	d1, _ := procCPU(os.Getpid())
 	m1 := e.pipelineInMsgs()
