@@ -231,25 +231,42 @@ func (f *Fleet) rebalance() {
 // all of them had been sent (found by a cold start of three workers
 // against a backlog: 20–40 429s).
 func (f *Fleet) Wait(ctx context.Context, path string) error {
+	return f.WaitBy(ctx, path, time.Time{})
+}
+
+// ErrNoTurnInTime: the call could not be admitted by its deadline (see
+// WaitBy); it was not sent.
+var ErrNoTurnInTime = errors.New("fleet rate budget: no turn before the call's admission deadline")
+
+// WaitBy is Wait for a call that must be admitted by the time by (zero:
+// no bound). When the turn, a fleet-wide pause or the budget would keep
+// it waiting past by, it returns ErrNoTurnInTime at once rather than at
+// by, and gives back what it reserved.
+func (f *Fleet) WaitBy(ctx context.Context, path string, by time.Time) error {
+	if !by.IsZero() && f.opts.Now().After(by) {
+		return ErrNoTurnInTime
+	}
 	limiter, gate := f.processing, f.processingGate
 	if strings.HasPrefix(path, "/monitoring/") {
 		limiter, gate = f.monitoring, f.monitoringGate
 	}
 	if limiter == nil || strings.HasPrefix(path, "/security/") {
-		return f.waitPause(ctx)
+		return f.waitPause(ctx, by)
 	}
-	select {
-	case gate <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := f.takeTurn(ctx, gate, by); err != nil {
+		return err
 	}
 	defer func() { <-gate }()
 	for {
-		if err := f.waitPause(ctx); err != nil {
+		if err := f.waitPause(ctx, by); err != nil {
 			return err
 		}
 		r := limiter.Reserve()
 		if d := r.Delay(); d > 0 {
+			if !by.IsZero() && f.opts.Now().Add(d).After(by) {
+				r.Cancel()
+				return ErrNoTurnInTime
+			}
 			t := time.NewTimer(d)
 			select {
 			case <-ctx.Done():
@@ -267,18 +284,45 @@ func (f *Fleet) Wait(ctx context.Context, path string) error {
 	}
 }
 
+// takeTurn waits until this caller holds gate, or until by (if set).
+func (f *Fleet) takeTurn(ctx context.Context, gate chan struct{}, by time.Time) error {
+	select {
+	case gate <- struct{}{}:
+		return nil
+	default:
+	}
+	var expired <-chan time.Time
+	if !by.IsZero() {
+		t := time.NewTimer(by.Sub(f.opts.Now()))
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case gate <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-expired:
+		return ErrNoTurnInTime
+	}
+}
+
 func (f *Fleet) pausedFor() time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.pauseUntil.Sub(f.opts.Now())
 }
 
-// waitPause returns once no fleet-wide pause is in force.
-func (f *Fleet) waitPause(ctx context.Context) error {
+// waitPause returns once no fleet-wide pause is in force, or
+// ErrNoTurnInTime if the pause lasts past by (when set).
+func (f *Fleet) waitPause(ctx context.Context, by time.Time) error {
 	for {
 		pause := f.pausedFor()
 		if pause <= 0 {
 			return nil
+		}
+		if !by.IsZero() && f.opts.Now().Add(pause).After(by) {
+			return ErrNoTurnInTime
 		}
 		t := time.NewTimer(pause)
 		select {

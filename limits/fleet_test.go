@@ -2,6 +2,7 @@ package limits
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -23,13 +24,24 @@ func claimsBucket(t *testing.T) jetstream.KeyValue {
 	return kv
 }
 
+// testBed is a claims bucket and a context for one test's replicas: the
+// context ends, and the goroutines started on wg are waited for, when the
+// test ends.
+func testBed(t *testing.T) (jetstream.KeyValue, context.Context, *sync.WaitGroup) {
+	t.Helper()
+	kv := claimsBucket(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	wg := &sync.WaitGroup{}
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	return kv, ctx, wg
+}
+
 // Replicas that join see each other at once, and a leaving one is dropped.
 func TestMembershipSplitsTheBudget(t *testing.T) {
-	kv := claimsBucket(t)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	kv, ctx, wg := testBed(t)
 	var fleets []*Fleet
 	cancels := []context.CancelFunc{}
 	for _, name := range []string{"a", "b", "c"} {
@@ -77,11 +89,7 @@ func (s slowPuts) Put(ctx context.Context, key string, value []byte) (uint64, er
 // (CI once saw the third replica count two: Ready had closed before the
 // second one's first heartbeat was stored.)
 func TestReadyMeansAnnounced(t *testing.T) {
-	kv := claimsBucket(t)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	kv, ctx, wg := testBed(t)
 	a := New(slowPuts{kv, 300 * time.Millisecond}, Options{Holder: "a", PerMinute: 600, Heartbeat: time.Second})
 	wg.Go(func() { _ = a.Run(ctx) })
 	<-a.Ready()
@@ -99,11 +107,7 @@ func TestReadyMeansAnnounced(t *testing.T) {
 // One replica's open breaker pauses the others; a 429 pauses everyone's
 // calls for its Retry-After.
 func TestSignalsReachTheFleet(t *testing.T) {
-	kv := claimsBucket(t)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	kv, ctx, wg := testBed(t)
 	a := New(kv, Options{Holder: "a", PerMinute: 6000})
 	b := New(kv, Options{Holder: "b", PerMinute: 6000})
 	for _, f := range []*Fleet{a, b} {
@@ -184,19 +188,16 @@ func waiters(ctx context.Context, f *Fleet, n int) (admitted func(from, to time.
 // to the next call, not after every call already queued at the old rate.
 // (Found by a cold start of three workers against a backlog.)
 func TestShareCutAppliesToWaitingCalls(t *testing.T) {
-	kv := claimsBucket(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	a := member(ctx, &wg, kv, "a", 1200) // 20/s alone
-	admitted, stop := waiters(ctx, a, 64)
-	defer func() { cancel(); stop() }()
+	kv, ctx, wg := testBed(t)
+	a := member(ctx, wg, kv, "a", 1200) // 20/s alone
+	wctx, stopWaiters := context.WithCancel(ctx)
+	admitted, stop := waiters(wctx, a, 64)
+	defer func() { stopWaiters(); stop() }()
 	time.Sleep(time.Second) // 64 callers queued behind a 20/s budget
 
 	// Three more replicas join: a's share drops to 5/s.
 	for _, name := range []string{"b", "c", "d"} {
-		member(ctx, &wg, kv, name, 1200)
+		member(ctx, wg, kv, name, 1200)
 	}
 	waitUntil(t, "a sees 4 members", func() bool { return a.Members() == 4 })
 	from := time.Now()
@@ -213,14 +214,11 @@ func TestShareCutAppliesToWaitingCalls(t *testing.T) {
 // A 429 pause holds every waiting caller, including those whose turn at
 // the budget had already come.
 func TestPauseHoldsWaitingCalls(t *testing.T) {
-	kv := claimsBucket(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	f := member(ctx, &wg, kv, "a", 600) // 10/s
-	admitted, stop := waiters(ctx, f, 32)
-	defer func() { cancel(); stop() }()
+	kv, ctx, wg := testBed(t)
+	f := member(ctx, wg, kv, "a", 600) // 10/s
+	wctx, stopWaiters := context.WithCancel(ctx)
+	admitted, stop := waiters(wctx, f, 32)
+	defer func() { stopWaiters(); stop() }()
 	time.Sleep(500 * time.Millisecond)
 	f.Pause(ctx, time.Second)
 	paused := time.Now()
@@ -231,5 +229,56 @@ func TestPauseHoldsWaitingCalls(t *testing.T) {
 	}
 	if n := admitted(paused.Add(time.Second), time.Now()); n == 0 {
 		t.Fatal("no call admitted after the pause ended")
+	}
+}
+
+// A call with an admission deadline is admitted when its turn comes in
+// time, and refused (without waiting for the deadline) when the budget, a
+// pause or the callers ahead of it would keep it past the deadline.
+func TestWaitByRefusesWhatWouldComeTooLate(t *testing.T) {
+	kv, ctx, wg := testBed(t)
+	f := member(ctx, wg, kv, "a", 60) // 1/s, one call in hand
+	const path = "/processing/executions"
+
+	if err := f.WaitBy(ctx, path, time.Now().Add(100*time.Millisecond)); err != nil {
+		t.Fatalf("first call, budget in hand: %v", err)
+	}
+	// The next call's budget comes in about 1 s.
+	start := time.Now()
+	if err := f.WaitBy(ctx, path, start.Add(300*time.Millisecond)); !errors.Is(err, ErrNoTurnInTime) {
+		t.Fatalf("budget due in 1 s, deadline in 0.3 s: %v, want ErrNoTurnInTime", err)
+	}
+	if d := time.Since(start); d > 250*time.Millisecond {
+		t.Fatalf("refused after %v: it waited instead of refusing at once", d)
+	}
+	// Someone else's turn (waiting for that budget) outlasts the deadline.
+	other := make(chan error, 1)
+	go func() { other <- f.Wait(ctx, path) }()
+	time.Sleep(50 * time.Millisecond)
+	start = time.Now()
+	if err := f.WaitBy(ctx, path, start.Add(200*time.Millisecond)); !errors.Is(err, ErrNoTurnInTime) {
+		t.Fatalf("behind a caller waiting for the budget: %v, want ErrNoTurnInTime", err)
+	}
+	if d := time.Since(start); d > 800*time.Millisecond {
+		t.Fatalf("refused after %v, deadline 200ms", d)
+	}
+	// The refused calls gave back what they reserved: the other caller gets
+	// the next second's budget, not a later one.
+	select {
+	case err := <-other:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(1800 * time.Millisecond):
+		t.Fatal("the unbounded caller was not admitted within the next second's budget")
+	}
+	// A fleet-wide pause longer than the deadline.
+	f.Pause(ctx, 2*time.Second)
+	if err := f.WaitBy(ctx, path, time.Now().Add(500*time.Millisecond)); !errors.Is(err, ErrNoTurnInTime) {
+		t.Fatalf("2 s pause, deadline in 0.5 s: %v, want ErrNoTurnInTime", err)
+	}
+	// A deadline already past, even for a call that would not wait.
+	if err := f.WaitBy(ctx, "/security/oauth/token", time.Now().Add(-time.Millisecond)); !errors.Is(err, ErrNoTurnInTime) {
+		t.Fatalf("deadline past: %v, want ErrNoTurnInTime", err)
 	}
 }

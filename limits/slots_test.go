@@ -12,11 +12,7 @@ import (
 // request keeps the slot it holds (on either replica once mirrored), and a
 // released slot can be taken again.
 func TestSlotsCapAcrossReplicas(t *testing.T) {
-	kv := claimsBucket(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
+	kv, ctx, wg := testBed(t)
 	const capacity = 5
 	a, b := NewSlots(kv, capacity, nil), NewSlots(kv, capacity, nil)
 	for _, s := range []*Slots{a, b} {

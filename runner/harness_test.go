@@ -56,6 +56,8 @@ type harness struct {
 	quiet bool // log warnings only (benchmarks)
 	// follow, when set, turns results on with these fast intervals.
 	follow *follow.Config
+	// tuneWorker, when set, adjusts the worker's configuration further.
+	tuneWorker func(*worker.Config)
 	// spans records every span of the runner (nil in benchmarks: tracing
 	// off, as in production without OTEL_* settings).
 	spans  *tracetest.SpanRecorder
@@ -159,7 +161,12 @@ func (h *harness) start(tune ...func(*config.Config)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r, err := New(ctx, Options{
 		Config: cfg, Conn: h.nc, Logger: log, AdminListener: ln, TracerProvider: tp,
-		Tune: func(c *worker.Config) { c.FetchWait = 200 * time.Millisecond },
+		Tune: func(c *worker.Config) {
+			c.FetchWait = 200 * time.Millisecond
+			if h.tuneWorker != nil {
+				h.tuneWorker(c)
+			}
+		},
 		TuneFollow: func(c *follow.Config) {
 			if h.follow != nil {
 				c.MinInterval, c.MaxInterval, c.StartupLag = h.follow.MinInterval, h.follow.MaxInterval, h.follow.StartupLag

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,9 +18,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tmc-runner/tmc-runner/broker"
+	"github.com/tmc-runner/tmc-runner/claims"
 	"github.com/tmc-runner/tmc-runner/config"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talendsim"
+	"github.com/tmc-runner/tmc-runner/worker"
 )
 
 // Many valid requests: exactly one accepted event and one Talend execution
@@ -539,4 +542,72 @@ func TestPipelineRequestSpecificRetriesRunOut(t *testing.T) {
 		t.Errorf("%d counted attempts before giving up, want 2", n)
 	}
 	h.assertDrained()
+}
+
+// A run call goes out within AdmitWithin of its call record's time, or not
+// at all: reconciliation looks for rivals' records only that far back.
+// Behind a budget of one call a second, requests that would wait longer
+// are given back and retried with a fresh record, and each still ends with
+// one accepted event and one execution.
+func TestPipelineCallLeavesSoonAfterItsRecord(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Worker.RateLimit = 60 // one call a second for this one replica
+	const within = 300 * time.Millisecond
+	h.tuneWorker = func(c *worker.Config) { c.AdmitWithin = within }
+	h.start()
+	all := ids("budget", 4)
+	for _, id := range all {
+		h.request(id, "task-"+id, nil)
+	}
+	evs := h.waitTerminal(60*time.Second, all...)
+	h.assertDrained()
+
+	kv, err := h.js.KeyValue(context.Background(), h.topo.ClaimsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls, err := kv.ListKeysFiltered(context.Background(), "incall.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := map[string]claims.InCall{}
+	for k := range calls.Keys() {
+		e, err := kv.Get(context.Background(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c claims.InCall
+		if err := json.Unmarshal(e.Value(), &c); err != nil {
+			t.Fatal(err)
+		}
+		if _, dup := records[c.RequestID]; dup {
+			t.Errorf("%s: more than one call record left", c.RequestID)
+		}
+		records[c.RequestID] = c
+	}
+	retried := 0
+	for _, id := range all {
+		got := evs[id]
+		if len(got) != 1 || got[0].Type != messages.Accepted {
+			t.Fatalf("%s: events %v, want exactly one accepted", id, typesOf(got))
+		}
+		if got[0].Attempt > 1 {
+			retried++
+		}
+		if n := h.sim.Stats().Executions["task-"+id]; n != 1 {
+			t.Errorf("%s: %d executions, want 1", id, n)
+		}
+		rec, ok := records[id]
+		if !ok || rec.ExecutionID != got[0].ExecutionID {
+			t.Fatalf("%s: call record %+v, want one naming %s", id, rec, got[0].ExecutionID)
+		}
+		exec, _ := h.sim.Execution(rec.ExecutionID)
+		// The call itself takes a few ms here; a second of slack.
+		if late := exec.Trigger.Sub(time.UnixMilli(rec.CallFrom)); late > within+time.Second {
+			t.Errorf("%s: run triggered %v after its call record's time, want within %v", id, late, within)
+		}
+	}
+	if retried == 0 {
+		t.Error("no request was retried: the budget never held a call past its bound, so this test shows nothing")
+	}
 }

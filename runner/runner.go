@@ -244,7 +244,9 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		TracerProvider: tp,
 		MeterProvider:  mp,
 		Shared:         shared,
-		Admit:          r.fleet.Wait,
+		Admit: func(ctx context.Context, path string) error {
+			return r.fleet.WaitBy(ctx, path, talend.AdmissionDeadline(ctx))
+		},
 		Tokens: talend.TokenCacheSettings{
 			RefreshBefore: cfg.Talend.TokenRefresh,
 			OnCredentials: func(valid bool) {

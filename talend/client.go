@@ -57,6 +57,8 @@ type Config struct {
 	// Admit, when set, is waited for before each API call, before the
 	// token is taken from the cache: the fleet's rate budget. (Waiting
 	// after taking the token could send a token that expired meanwhile.)
+	// A call whose ctx carries an admission deadline (AdmitBy) must be
+	// admitted by then; Admit reads it with AdmissionDeadline.
 	Admit func(ctx context.Context, path string) error
 	// Shared, when set, shares tokens with the rest of the fleet: fetches
 	// go through it (it calls the token endpoint itself only when the
@@ -390,4 +392,20 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+type admitByKey struct{}
+
+// AdmitBy returns a context whose calls must be admitted (Config.Admit)
+// by the time by: one that cannot be is not sent, and fails with
+// ErrNotSent. The worker bounds how long a run call recorded for
+// reconciliation may wait for budget before it goes out.
+func AdmitBy(ctx context.Context, by time.Time) context.Context {
+	return context.WithValue(ctx, admitByKey{}, by)
+}
+
+// AdmissionDeadline is the deadline AdmitBy set on ctx (zero: none).
+func AdmissionDeadline(ctx context.Context) time.Time {
+	by, _ := ctx.Value(admitByKey{}).(time.Time)
+	return by
 }

@@ -53,8 +53,10 @@ func (w *Worker) leaveCall(ctx context.Context, req *messages.Request, c *claims
 
 // callsAround lists the calls recorded on the request's executable that
 // may have started a run triggered in [from, to]: a call is recorded before
-// it waits for budget and is sent, and lasts at most two HTTP timeouts (a
-// retry after a stale token), so its CallFrom is at most that much earlier.
+// it waits for budget and is sent, is admitted within AdmitWithin (under a
+// minute) of its CallFrom or not sent at all, and lasts at most two HTTP
+// timeouts (a retry after a stale token), so its CallFrom is at most that
+// much earlier.
 func (w *Worker) callsAround(ctx context.Context, req *messages.Request, from, to time.Time) ([]claims.InCall, error) {
 	return w.deps.Claims.InCalls(ctx, execKey(req), from.Add(-2*w.cfg.CallTimeout-w.cfg.ClockSkew-time.Minute), to.Add(w.cfg.ClockSkew))
 }

@@ -239,6 +239,9 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 	}
 	callCtx, cancelCall := context.WithCancel(ctx)
 	defer cancelCall()
+	// The call goes out within AdmitWithin of the record's time, or not at
+	// all: reconciliation finds the records of rivals only that far back.
+	callCtx = talend.AdmitBy(callCtx, time.UnixMilli(call.CallFrom).Add(w.cfg.AdmitWithin))
 	stopBeat := w.heartbeat(ctx, held, cancelCall)
 	defer func() {
 		if r := recover(); r != nil {
