@@ -38,10 +38,10 @@ lint: tools
 FUZZTIME ?= 2000000x
 ## fuzz: the fuzz targets for everything that parses outside input
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./messages
-	$(GO) test -run '^$$' -fuzz '^FuzzPercentRoundTrip$$' -fuzztime $(FUZZTIME) ./messages
-	$(GO) test -run '^$$' -fuzz '^FuzzObjectMembers$$' -fuzztime $(FUZZTIME) ./messages
-	$(GO) test -run '^$$' -fuzz '^FuzzRunTaskBody$$' -fuzztime $(FUZZTIME) ./talendsim
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) -timeout 20m ./messages
+	$(GO) test -run '^$$' -fuzz '^FuzzPercentRoundTrip$$' -fuzztime $(FUZZTIME) -timeout 20m ./messages
+	$(GO) test -run '^$$' -fuzz '^FuzzObjectMembers$$' -fuzztime $(FUZZTIME) -timeout 20m ./messages
+	$(GO) test -run '^$$' -fuzz '^FuzzRunTaskBody$$' -fuzztime $(FUZZTIME) -timeout 20m ./talendsim
 
 ## bench-quick: requests/s through the whole pipeline at zero Talend latency
 bench-quick:

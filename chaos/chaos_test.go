@@ -101,7 +101,9 @@ type suite struct {
 // settle); the call went on after the heartbeats stopped being stored, so
 // the run it started fell outside the window and was taken for "not
 // started". The window's end must cover the whole call: at least
-// CallFrom + TMC_TALEND_TIMEOUT (+ skew) while CallTo is unknown.
+// CallFrom + TMC_TALEND_TIMEOUT (+ skew) while CallTo is unknown — and,
+// since a call may also wait for the fleet's budget first (admitted within
+// another TMC_TALEND_TIMEOUT or not sent), CallFrom + twice that.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos suite: skipped with -short")

@@ -235,16 +235,32 @@ func (f *Fleet) Wait(ctx context.Context, path string) error {
 }
 
 // ErrNoTurnInTime: the call could not be admitted by its deadline (see
-// WaitBy); it was not sent.
+// WaitBy); it was not sent. The error WaitBy returns matches it with
+// errors.Is and says, when it knows, how long the wait would have been
+// (RetryAfter).
 var ErrNoTurnInTime = errors.New("fleet rate budget: no turn before the call's admission deadline")
 
+type noTurnError struct{ wait time.Duration }
+
+func (e *noTurnError) Error() string {
+	if e.wait > 0 {
+		return fmt.Sprintf("%v (the budget or a pause would hold it %v)", ErrNoTurnInTime, e.wait.Round(time.Millisecond))
+	}
+	return ErrNoTurnInTime.Error()
+}
+func (e *noTurnError) Is(target error) bool { return target == ErrNoTurnInTime }
+
+// RetryAfter is how long the refused call would have waited (0: unknown).
+func (e *noTurnError) RetryAfter() time.Duration { return e.wait }
+
 // WaitBy is Wait for a call that must be admitted by the time by (zero:
-// no bound). When the turn, a fleet-wide pause or the budget would keep
-// it waiting past by, it returns ErrNoTurnInTime at once rather than at
-// by, and gives back what it reserved.
+// no bound, exactly Wait). When a fleet-wide pause or the budget would
+// keep the call past by, it is refused at once and gives back its
+// reservation; while other callers hold the turn, it waits at most until
+// by. A refusal matches ErrNoTurnInTime.
 func (f *Fleet) WaitBy(ctx context.Context, path string, by time.Time) error {
 	if !by.IsZero() && f.opts.Now().After(by) {
-		return ErrNoTurnInTime
+		return &noTurnError{}
 	}
 	limiter, gate := f.processing, f.processingGate
 	if strings.HasPrefix(path, "/monitoring/") {
@@ -265,7 +281,7 @@ func (f *Fleet) WaitBy(ctx context.Context, path string, by time.Time) error {
 		if d := r.Delay(); d > 0 {
 			if !by.IsZero() && f.opts.Now().Add(d).After(by) {
 				r.Cancel()
-				return ErrNoTurnInTime
+				return &noTurnError{wait: d}
 			}
 			t := time.NewTimer(d)
 			select {
@@ -280,7 +296,7 @@ func (f *Fleet) WaitBy(ctx context.Context, path string, by time.Time) error {
 			return nil
 		}
 		// A pause began while this call waited its turn: it waits the pause
-		// out and takes a new turn.
+		// out and takes a new turn (the budget it reserved is spent).
 	}
 }
 
@@ -299,11 +315,16 @@ func (f *Fleet) takeTurn(ctx context.Context, gate chan struct{}, by time.Time) 
 	}
 	select {
 	case gate <- struct{}{}:
+		if !by.IsZero() && f.opts.Now().After(by) {
+			// The turn came with the deadline (select picks either).
+			<-gate
+			return &noTurnError{}
+		}
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-expired:
-		return ErrNoTurnInTime
+		return &noTurnError{}
 	}
 }
 
@@ -322,7 +343,7 @@ func (f *Fleet) waitPause(ctx context.Context, by time.Time) error {
 			return nil
 		}
 		if !by.IsZero() && f.opts.Now().Add(pause).After(by) {
-			return ErrNoTurnInTime
+			return &noTurnError{wait: pause}
 		}
 		t := time.NewTimer(pause)
 		select {

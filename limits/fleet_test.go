@@ -233,8 +233,9 @@ func TestPauseHoldsWaitingCalls(t *testing.T) {
 }
 
 // A call with an admission deadline is admitted when its turn comes in
-// time, and refused (without waiting for the deadline) when the budget, a
-// pause or the callers ahead of it would keep it past the deadline.
+// time, and refused when the budget, a pause or the callers ahead of it
+// would keep it past the deadline: at once when the wait is known (and
+// saying how long it would be), at the deadline behind other callers.
 func TestWaitByRefusesWhatWouldComeTooLate(t *testing.T) {
 	kv, ctx, wg := testBed(t)
 	f := member(ctx, wg, kv, "a", 60) // 1/s, one call in hand
@@ -243,42 +244,65 @@ func TestWaitByRefusesWhatWouldComeTooLate(t *testing.T) {
 	if err := f.WaitBy(ctx, path, time.Now().Add(100*time.Millisecond)); err != nil {
 		t.Fatalf("first call, budget in hand: %v", err)
 	}
-	// The next call's budget comes in about 1 s.
-	start := time.Now()
-	if err := f.WaitBy(ctx, path, start.Add(300*time.Millisecond)); !errors.Is(err, ErrNoTurnInTime) {
+	t0 := time.Now() // the next call's budget comes at about t0 + 1 s
+	err := f.WaitBy(ctx, path, t0.Add(300*time.Millisecond))
+	if !errors.Is(err, ErrNoTurnInTime) {
 		t.Fatalf("budget due in 1 s, deadline in 0.3 s: %v, want ErrNoTurnInTime", err)
 	}
-	if d := time.Since(start); d > 250*time.Millisecond {
+	if d := time.Since(t0); d > 250*time.Millisecond {
 		t.Fatalf("refused after %v: it waited instead of refusing at once", d)
 	}
+	if w := retryAfter(err); w < 500*time.Millisecond || w > time.Second {
+		t.Errorf("refusal says the wait would be %v, want about 1s", w)
+	}
 	// Someone else's turn (waiting for that budget) outlasts the deadline.
-	other := make(chan error, 1)
-	go func() { other <- f.Wait(ctx, path) }()
+	other := make(chan time.Time, 1)
+	go func() {
+		if f.Wait(ctx, path) == nil {
+			other <- time.Now()
+		}
+	}()
 	time.Sleep(50 * time.Millisecond)
-	start = time.Now()
+	start := time.Now()
 	if err := f.WaitBy(ctx, path, start.Add(200*time.Millisecond)); !errors.Is(err, ErrNoTurnInTime) {
 		t.Fatalf("behind a caller waiting for the budget: %v, want ErrNoTurnInTime", err)
 	}
 	if d := time.Since(start); d > 800*time.Millisecond {
 		t.Fatalf("refused after %v, deadline 200ms", d)
 	}
-	// The refused calls gave back what they reserved: the other caller gets
-	// the next second's budget, not a later one.
+	// The refused call gave back its reservation: the other caller gets the
+	// budget of t0 + 1 s, not the one after it (t0 + 2 s).
 	select {
-	case err := <-other:
-		if err != nil {
-			t.Fatal(err)
+	case at := <-other:
+		if at.Sub(t0) > 1600*time.Millisecond {
+			t.Fatalf("the unbounded caller was admitted %v after t0: a refused reservation was kept", at.Sub(t0))
 		}
-	case <-time.After(1800 * time.Millisecond):
-		t.Fatal("the unbounded caller was not admitted within the next second's budget")
+	case <-time.After(3 * time.Second):
+		t.Fatal("the unbounded caller was never admitted")
 	}
 	// A fleet-wide pause longer than the deadline.
 	f.Pause(ctx, 2*time.Second)
-	if err := f.WaitBy(ctx, path, time.Now().Add(500*time.Millisecond)); !errors.Is(err, ErrNoTurnInTime) {
+	start = time.Now()
+	err = f.WaitBy(ctx, path, start.Add(500*time.Millisecond))
+	if !errors.Is(err, ErrNoTurnInTime) {
 		t.Fatalf("2 s pause, deadline in 0.5 s: %v, want ErrNoTurnInTime", err)
+	}
+	if d := time.Since(start); d > 250*time.Millisecond {
+		t.Fatalf("refused after %v: it waited for the pause instead of refusing at once", d)
+	}
+	if w := retryAfter(err); w < time.Second || w > 2*time.Second {
+		t.Errorf("refusal says the wait would be %v, want about 2s", w)
 	}
 	// A deadline already past, even for a call that would not wait.
 	if err := f.WaitBy(ctx, "/security/oauth/token", time.Now().Add(-time.Millisecond)); !errors.Is(err, ErrNoTurnInTime) {
 		t.Fatalf("deadline past: %v, want ErrNoTurnInTime", err)
 	}
+}
+
+func retryAfter(err error) time.Duration {
+	var hint interface{ RetryAfter() time.Duration }
+	if errors.As(err, &hint) {
+		return hint.RetryAfter()
+	}
+	return 0
 }

@@ -224,6 +224,10 @@ func (c *Client) attempt(ctx context.Context, attempt int, op, method, path stri
 	if err != nil {
 		return false, fmt.Errorf("talend %s: %w", op, err)
 	}
+	if by := AdmissionDeadline(ctx); !by.IsZero() && c.now().After(by) {
+		// The token took long enough to push the call past its deadline.
+		return false, fmt.Errorf("talend %s: %w: admission deadline passed while the token was fetched", op, ErrNotSent)
+	}
 	callCtx := ctx
 	if c.timeout > 0 {
 		var cancel context.CancelFunc
@@ -397,8 +401,8 @@ func truncate(s string, n int) string {
 type admitByKey struct{}
 
 // AdmitBy returns a context whose calls must be admitted (Config.Admit)
-// by the time by: one that cannot be is not sent, and fails with
-// ErrNotSent. The worker bounds how long a run call recorded for
+// and have their token by the time by: one that cannot is not sent, and
+// fails with ErrNotSent. The worker bounds how long a run call recorded for
 // reconciliation may wait for budget before it goes out.
 func AdmitBy(ctx context.Context, by time.Time) context.Context {
 	return context.WithValue(ctx, admitByKey{}, by)

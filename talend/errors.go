@@ -110,6 +110,12 @@ func RetryAfter(err error) time.Duration {
 	if errors.As(err, &apiErr) {
 		return apiErr.RetryAfter
 	}
+	// A call held back before it was sent may say when to try again (the
+	// fleet's budget refusing a call it cannot admit in time).
+	var hint interface{ RetryAfter() time.Duration }
+	if errors.As(err, &hint) {
+		return hint.RetryAfter()
+	}
 	return 0
 }
 

@@ -51,14 +51,18 @@ func (w *Worker) leaveCall(ctx context.Context, req *messages.Request, c *claims
 	}
 }
 
+// callSpan is how long after its record's time (CallFrom) a call may
+// start a run: it is admitted and has its token within AdmitWithin or is
+// not sent, and Talend answers (or not) within CallTimeout of the send. A
+// retry after a stale token is admitted by the same deadline.
+func (w *Worker) callSpan() time.Duration { return w.cfg.AdmitWithin + w.cfg.CallTimeout }
+
 // callsAround lists the calls recorded on the request's executable that
-// may have started a run triggered in [from, to]: a call is recorded before
-// it waits for budget and is sent, is admitted within AdmitWithin (under a
-// minute) of its CallFrom or not sent at all, and lasts at most two HTTP
-// timeouts (a retry after a stale token), so its CallFrom is at most that
-// much earlier.
+// may have started a run triggered in [from, to]: their CallFrom is at
+// most callSpan earlier (a minute more, for good measure; listing is by
+// the minute anyway).
 func (w *Worker) callsAround(ctx context.Context, req *messages.Request, from, to time.Time) ([]claims.InCall, error) {
-	return w.deps.Claims.InCalls(ctx, execKey(req), from.Add(-2*w.cfg.CallTimeout-w.cfg.ClockSkew-time.Minute), to.Add(w.cfg.ClockSkew))
+	return w.deps.Claims.InCalls(ctx, execKey(req), from.Add(-w.callSpan()-w.cfg.ClockSkew-time.Minute), to.Add(w.cfg.ClockSkew))
 }
 
 // heldClaim is a claim this worker holds while it works; the heartbeat
@@ -158,10 +162,11 @@ func (w *Worker) reconcile(ctx context.Context, req *messages.Request, orig brok
 	}
 	if claim.CallTo == 0 && claim.CallFrom > 0 {
 		// The holder died before the call's answer: the call may have
-		// reached Talend as late as its timeout allows, whatever the last
-		// stored heartbeat (heartbeats stop being stored when NATS goes
-		// away; the HTTP call does not stop).
-		last = max(last, time.UnixMilli(claim.CallFrom).Add(w.cfg.CallTimeout).UnixMilli())
+		// reached Talend as late as its admission deadline and timeout
+		// allow, whatever the last stored heartbeat (heartbeats stop being
+		// stored when NATS goes away; waiting for budget and the HTTP call
+		// do not stop).
+		last = max(last, time.UnixMilli(claim.CallFrom).Add(w.callSpan()).UnixMilli())
 	}
 	to := time.UnixMilli(last).Add(w.cfg.ClockSkew)
 	// A run just started may appear in lists late: look only once the
@@ -324,7 +329,7 @@ func (w *Worker) rivals(ctx context.Context, req *messages.Request, from, to tim
 	for _, c := range calls {
 		callFrom := time.UnixMilli(c.CallFrom)
 		if c.RequestID == req.RequestID || owning[c.RequestID] || seen[c.RequestID] ||
-			callFrom.After(to) || callFrom.Add(w.cfg.CallTimeout+w.cfg.ClockSkew).Before(from) {
+			callFrom.After(to) || callFrom.Add(w.callSpan()+w.cfg.ClockSkew).Before(from) {
 			continue
 		}
 		seen[c.RequestID] = true

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -239,10 +240,15 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 	}
 	callCtx, cancelCall := context.WithCancel(ctx)
 	defer cancelCall()
-	// The call goes out within AdmitWithin of the record's time, or not at
-	// all: reconciliation finds the records of rivals only that far back.
+	// The call is admitted within AdmitWithin of the record's time, or not
+	// sent: reconciliation counts on a call's run appearing within
+	// callSpan of its record.
 	callCtx = talend.AdmitBy(callCtx, time.UnixMilli(call.CallFrom).Add(w.cfg.AdmitWithin))
-	stopBeat := w.heartbeat(ctx, held, cancelCall)
+	var claimLost atomic.Bool
+	stopBeat := w.heartbeat(ctx, held, func() {
+		claimLost.Store(true)
+		cancelCall()
+	})
 	defer func() {
 		if r := recover(); r != nil {
 			// Whether the call went out is unknown: say so on the claim,
@@ -260,6 +266,13 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 		defer cancel()
 		var apiErr *talend.APIError
 		switch {
+		case claimLost.Load() && !callMayHaveStarted(err):
+			// Another replica took the claim over (this one's heartbeats
+			// were not stored) before the call went out: the request, its
+			// claim and its call record are that replica's now.
+			w.releaseSlot(writeCtx, slot)
+			base.act, base.outcome, base.delay, base.err = actNak, outClaimed, w.cfg.ClaimStale/2, "claim taken over before the call was sent"
+			return base
 		case callMayHaveStarted(err):
 			// No answer: the run may exist. The next delivery reconciles
 			// instead of calling again.

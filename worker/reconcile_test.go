@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tmc-runner/tmc-runner/broker"
 	"github.com/tmc-runner/tmc-runner/claims"
 	"github.com/tmc-runner/tmc-runner/messages"
 	"github.com/tmc-runner/tmc-runner/talend"
@@ -667,4 +668,99 @@ func TestReconcileRivalEventNamesItsRun(t *testing.T) {
 	}
 	e.wantOwner(t, got.ExecutionID, "lost")
 	e.noEvents(t, "lost", messages.Unknown)
+}
+
+// A rival recorded well before this request's window still counts when
+// its call may have waited for the budget since: a call leaves up to
+// AdmitWithin after its record and its run appears up to CallTimeout
+// after that. (Counting only CallTimeout back, this request adopted a run
+// the rival may have started.)
+func TestReconcileRivalThatWaitedForBudget(t *testing.T) {
+	e := newSimEnv(t, talendsim.Options{}, nil) // CallTimeout 300ms, AdmitWithin the same
+	from := time.Now().Add(-100 * time.Millisecond)
+	rivalFrom := from.Add(-500 * time.Millisecond) // past one CallTimeout, within AdmitWithin + CallTimeout
+	e.startRun(t)
+	st := e.store()
+	e.crashClaim(t, "dead", "late-rival", claims.Uncertain, rivalFrom, time.Now())
+	e.crashClaim(t, "dead", "this", claims.Uncertain, from, time.Now())
+	for id, callFrom := range map[string]time.Time{"late-rival": rivalFrom, "this": from} {
+		if err := st.EnterCall(context.Background(), claims.ExecutableKey("task", task), claims.InCall{RequestID: id, Route: "default", CallFrom: callFrom.UnixMilli()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.run(t)
+	e.publish(t, "this", task)
+	e.waitEvent(t, "this", messages.Unknown)
+	e.idle(t)
+	e.noEvents(t, "this", messages.Accepted)
+	if n := e.executions(); n != 1 {
+		t.Fatalf("%d executions, want 1", n)
+	}
+}
+
+// A holder whose claim is taken over while its call waits for the budget
+// (its heartbeats were not stored) leaves the request to the new holder:
+// it deletes no call record and releases no claim that are no longer its
+// own, and counts no attempt.
+func TestClaimTakenOverBeforeTheCallLeavesItAlone(t *testing.T) {
+	sim := talendsim.New(talendsim.Options{KnowAll: true})
+	hs := httptest.NewServer(sim)
+	t.Cleanup(hs.Close)
+	admitting := make(chan struct{}, 1)
+	client, err := talend.NewClient(talend.Config{
+		BaseURL: hs.URL,
+		API:     &http.Client{Timeout: 500 * time.Millisecond},
+		Credentials: func() (talend.Credentials, error) {
+			return talend.Credentials{ClientID: "dev-client", Secret: "dev-secret"}, nil
+		},
+		// The budget never comes.
+		Admit: func(ctx context.Context, path string) error {
+			select {
+			case admitting <- struct{}{}:
+			default:
+			}
+			<-ctx.Done()
+			return ctx.Err()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.Close)
+	e := &simEnv{env: newEnv(t, client, func(c *Config) { c.AdmitWithin = time.Minute }), sim: sim, client: client}
+	e.kv, _ = e.js.KeyValue(context.Background(), e.topo.ClaimsBucket)
+	e.run(t)
+	e.publish(t, "taken", task)
+	<-admitting
+
+	// Another replica takes the claim over, as if this one's heartbeats had
+	// stopped being stored.
+	other := claims.NewStore(e.kv, "other", nil)
+	c, err := other.Get(context.Background(), "taken")
+	if err != nil || c == nil {
+		t.Fatalf("claim: %v %v", c, err)
+	}
+	if err := other.TakeOver(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the worker to see its claim lost", func() bool {
+		return strings.Contains(e.logs.String(), `"outcome":"claimed"`)
+	})
+	calls, err := other.InCalls(context.Background(), claims.ExecutableKey("task", task), time.Now().Add(-time.Minute), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 1 || calls[0].RequestID != "taken" {
+		t.Errorf("call records %+v, want the request's one left for the new holder", calls)
+	}
+	if now, err := other.Get(context.Background(), "taken"); err != nil || now == nil || now.Holder != "other" {
+		t.Errorf("claim %+v (%v), want it still held by the new holder", now, err)
+	}
+	if n, err := broker.NewAttempts(e.kv).Increment(context.Background(), "taken"); err != nil || n != 1 {
+		t.Errorf("attempt counter reads %d after one more (%v): the lost claim counted an attempt", n, err)
+	}
+	e.noEvents(t, "taken", messages.Failed, messages.Accepted)
+	if e.sim.Stats().ExecutionsTotal != 0 {
+		t.Error("a run was started")
+	}
 }

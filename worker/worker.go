@@ -95,12 +95,12 @@ type Config struct {
 	// CallTimeout is the Talend client's call timeout: a call whose answer
 	// was lost may have reached Talend until then (default 30s).
 	CallTimeout time.Duration
-	// AdmitWithin bounds how long after its call record's time a run call
-	// may still be admitted by the fleet's rate budget (default 45s).
-	// Reconciliation looks for a rival's record up to a minute (and two
-	// call timeouts) before the runs it weighs, so a call must not go out
-	// later than that after its record's time; one that would is not sent,
-	// and the request is retried with a fresh claim and record.
+	// AdmitWithin bounds how long after its call record's time (the
+	// claim's CallFrom) a run call may still be admitted by the fleet's
+	// rate budget and get its token (default CallTimeout). One that cannot
+	// is not sent, and the request is retried with a fresh claim and
+	// record. Reconciliation relies on it: a run a call started appears at
+	// most AdmitWithin + CallTimeout after its record's time (callSpan).
 	AdmitWithin time.Duration
 	// FleetUserID is the service account's Talend userId, when known;
 	// otherwise it is learnt from executions the fleet owns.
@@ -191,8 +191,8 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 30 * time.Second
 	}
-	if cfg.AdmitWithin <= 0 || cfg.AdmitWithin > 45*time.Second {
-		cfg.AdmitWithin = 45 * time.Second
+	if cfg.AdmitWithin <= 0 {
+		cfg.AdmitWithin = cfg.CallTimeout
 	}
 	if cfg.ReconcileTimeout <= 0 {
 		cfg.ReconcileTimeout = 10 * time.Minute

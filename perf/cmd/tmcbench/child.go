@@ -101,8 +101,10 @@ func childMain(role string) error {
 			}
 		}
 	}
+	stopTrace := func() {}
 	if path := os.Getenv("BENCH_TRACE"); path != "" {
-		defer traceOnSignals(path)()
+		stopTrace = traceOnSignals(path)
+		defer stopTrace()
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -110,6 +112,7 @@ func childMain(role string) error {
 		<-sig
 		// The driver has taken its measurements: no graceful drain needed.
 		stopProfile()
+		stopTrace()
 		os.Exit(0)
 	}()
 	return runPipeline(ctx, role, os.Stderr)

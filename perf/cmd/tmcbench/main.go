@@ -149,7 +149,7 @@ var (
 	flagRows        = flag.String("rows", "", "regexp: run only rows whose name matches (also 'fleet', 'backlog')")
 	flagFleetCold   = flag.Bool("fleet-cold", false, "fleet row: queue the backlog before the workers start (simultaneous cold start)")
 	flagProfile     = flag.String("cpuprofile", "", "row name whose pipeline process (for -inproc rows: this process) writes a CPU profile to <out>/cpu-<row>.pprof")
-	flagTrace       = flag.String("trace", "", "row name whose pipeline process (for -inproc rows: this process) writes a Go execution trace of 2s in the middle of the measurement window to <out>/trace-<row>.out (where the handlers wait: go tool trace -pprof=sync)")
+	flagTrace       = flag.String("trace", "", "row name whose pipeline process (for -inproc rows: this process) writes a Go execution trace of 2s in the middle of the measurement window to <out>/trace-<row>.out (where the handlers wait: go tool trace -pprof=sync); with -repeat, every run of the row traces and the file keeps the last")
 	flagRate        = flag.Float64("rate-limit", 6e6, "TMC_RATE_LIMIT and TMC_MONITORING_RATE_LIMIT for the throughput rows, per minute (default: far above any load here, so the budget's code runs without limiting; 0 = none)")
 	flagRunning     = flag.Int("max-running", 0, "TMC_MAX_RUNNING for the throughput rows other than -capped ones (0 = no cap)")
 	flagWindow      = flag.Duration("window", 0, "measurement window per row (default 12s, -quick 4s)")
@@ -575,15 +575,15 @@ func traceWindow(c *child, path string, window time.Duration) {
 	if c.cmd != nil {
 		_ = c.cmd.Process.Signal(syscall.SIGUSR1)
 		stop = func() { _ = c.cmd.Process.Signal(syscall.SIGUSR2) }
-	} else if f, err := os.Create(path); err == nil {
-		if err := trace.Start(f); err != nil {
-			f.Close()
-			stop = func() {}
-		} else {
-			stop = func() { trace.Stop(); f.Close() }
-		}
-	} else {
+	} else if f, err := os.Create(path); err != nil {
+		fmt.Fprintln(os.Stderr, "trace:", err)
 		stop = func() {}
+	} else if err := trace.Start(f); err != nil {
+		fmt.Fprintln(os.Stderr, "trace:", err)
+		f.Close()
+		stop = func() {}
+	} else {
+		stop = func() { trace.Stop(); f.Close() }
 	}
 	time.Sleep(span)
 	stop()
