@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,6 +71,9 @@ func (w *Worker) callsAround(ctx context.Context, req *messages.Request, from, t
 type heldClaim struct {
 	mu    sync.Mutex
 	claim claims.Claim
+	// lost: another replica took the claim over (a heartbeat found it
+	// changed).
+	lost atomic.Bool
 }
 
 func (h *heldClaim) do(f func(*claims.Claim) error) error {
@@ -100,6 +104,7 @@ func (w *Worker) heartbeat(ctx context.Context, held *heldClaim, lost func()) (s
 		if err := held.do(func(c *claims.Claim) error { return w.deps.Claims.Beat(ctx, c) }); err != nil {
 			w.log.WarnContext(ctx, "claim heartbeat failed", "requestId", requestID, "error", err)
 			if errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSequence(err) {
+				held.lost.Store(true)
 				lost()
 			}
 		}

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -244,11 +243,7 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 	// sent: reconciliation counts on a call's run appearing within
 	// callSpan of its record.
 	callCtx = talend.AdmitBy(callCtx, time.UnixMilli(call.CallFrom).Add(w.cfg.AdmitWithin))
-	var claimLost atomic.Bool
-	stopBeat := w.heartbeat(ctx, held, func() {
-		claimLost.Store(true)
-		cancelCall()
-	})
+	stopBeat := w.heartbeat(ctx, held, cancelCall)
 	defer func() {
 		if r := recover(); r != nil {
 			// Whether the call went out is unknown: say so on the claim,
@@ -266,7 +261,7 @@ func (w *Worker) startClaimed(ctx context.Context, req *messages.Request, orig b
 		defer cancel()
 		var apiErr *talend.APIError
 		switch {
-		case claimLost.Load() && !callMayHaveStarted(err):
+		case held.lost.Load() && !callMayHaveStarted(err):
 			// Another replica took the claim over (this one's heartbeats
 			// were not stored) before the call went out: the request, its
 			// claim and its call record are that replica's now.
