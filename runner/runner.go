@@ -244,9 +244,7 @@ func New(ctx context.Context, opts Options) (*Runner, error) {
 		TracerProvider: tp,
 		MeterProvider:  mp,
 		Shared:         shared,
-		Admit: func(ctx context.Context, path string) error {
-			return r.fleet.WaitBy(ctx, path, talend.AdmissionDeadline(ctx))
-		},
+		Admit:          r.fleet.WaitBy,
 		Tokens: talend.TokenCacheSettings{
 			RefreshBefore: cfg.Talend.TokenRefresh,
 			OnCredentials: func(valid bool) {

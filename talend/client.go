@@ -57,9 +57,9 @@ type Config struct {
 	// Admit, when set, is waited for before each API call, before the
 	// token is taken from the cache: the fleet's rate budget. (Waiting
 	// after taking the token could send a token that expired meanwhile.)
-	// A call whose ctx carries an admission deadline (AdmitBy) must be
-	// admitted by then; Admit reads it with AdmissionDeadline.
-	Admit func(ctx context.Context, path string) error
+	// by is the call's admission deadline (AdmitBy; zero: none): a call
+	// that cannot be admitted by then is refused rather than delayed.
+	Admit func(ctx context.Context, path string, by time.Time) error
 	// Shared, when set, shares tokens with the rest of the fleet: fetches
 	// go through it (it calls the token endpoint itself only when the
 	// fleet needs a new token), and a 401 invalidates the token there too.
@@ -84,7 +84,7 @@ type Client struct {
 	now       func() time.Time
 	metrics   *instruments
 	shared    SharedTokens
-	admit     func(ctx context.Context, path string) error
+	admit     func(ctx context.Context, path string, by time.Time) error
 	timeout   time.Duration
 }
 
@@ -215,8 +215,9 @@ func (c *Client) call(ctx context.Context, op, method, path string, body []byte,
 // attempt, the token has been invalidated, and the call should be sent
 // again with a fresh one.
 func (c *Client) attempt(ctx context.Context, attempt int, op, method, path string, body []byte, want int, out any) (retry bool, err error) {
+	by := admissionDeadline(ctx)
 	if c.admit != nil {
-		if err := c.admit(ctx, path); err != nil {
+		if err := c.admit(ctx, path, by); err != nil {
 			return false, fmt.Errorf("talend %s: %w: %w", op, ErrNotSent, err)
 		}
 	}
@@ -224,7 +225,7 @@ func (c *Client) attempt(ctx context.Context, attempt int, op, method, path stri
 	if err != nil {
 		return false, fmt.Errorf("talend %s: %w", op, err)
 	}
-	if by := AdmissionDeadline(ctx); !by.IsZero() && c.now().After(by) {
+	if !by.IsZero() && c.now().After(by) {
 		// The token took long enough to push the call past its deadline.
 		return false, fmt.Errorf("talend %s: %w: admission deadline passed while the token was fetched", op, ErrNotSent)
 	}
@@ -408,8 +409,9 @@ func AdmitBy(ctx context.Context, by time.Time) context.Context {
 	return context.WithValue(ctx, admitByKey{}, by)
 }
 
-// AdmissionDeadline is the deadline AdmitBy set on ctx (zero: none).
-func AdmissionDeadline(ctx context.Context) time.Time {
+// admissionDeadline is the deadline AdmitBy set on ctx (zero: none).
+// The client passes it to Config.Admit.
+func admissionDeadline(ctx context.Context) time.Time {
 	by, _ := ctx.Value(admitByKey{}).(time.Time)
 	return by
 }

@@ -110,3 +110,24 @@ func TestParseRetryAfter(t *testing.T) {
 		t.Error("RetryAfter of a plain error is not 0")
 	}
 }
+
+type waitHint time.Duration
+
+func (h waitHint) Error() string             { return "held back" }
+func (h waitHint) RetryAfter() time.Duration { return time.Duration(h) }
+
+// A call held back before it was sent passes on how long to wait, as the
+// client wraps it; an API answer's Retry-After still comes first.
+func TestRetryAfterOfACallNotSent(t *testing.T) {
+	notSent := fmt.Errorf("talend run task: %w: %w", ErrNotSent, waitHint(3*time.Second))
+	if d := RetryAfter(notSent); d != 3*time.Second {
+		t.Errorf("RetryAfter(not sent, hint 3s) = %v", d)
+	}
+	if d := RetryAfter(fmt.Errorf("talend run task: %w", ErrNotSent)); d != 0 {
+		t.Errorf("RetryAfter(not sent, no hint) = %v, want 0", d)
+	}
+	api := fmt.Errorf("x: %w", &APIError{StatusCode: http.StatusTooManyRequests, RetryAfter: time.Second})
+	if d := RetryAfter(api); d != time.Second {
+		t.Errorf("RetryAfter(429, Retry-After 1s) = %v", d)
+	}
+}

@@ -714,7 +714,7 @@ func TestClaimTakenOverBeforeTheCallLeavesItAlone(t *testing.T) {
 			return talend.Credentials{ClientID: "dev-client", Secret: "dev-secret"}, nil
 		},
 		// The budget never comes.
-		Admit: func(ctx context.Context, path string) error {
+		Admit: func(ctx context.Context, path string, by time.Time) error {
 			select {
 			case admitting <- struct{}{}:
 			default:
